@@ -1,0 +1,107 @@
+"""The four training losses of recon_ft (DESIGN.md section 2) as pure functions on tensors.
+
+Notation: a_t = alphas_cumprod[t] (the cumulative product of the noise schedule's alphas),
+z0 clean scaled latents, n Gaussian noise, zt = sqrt(a_t) z0 + sqrt(1 - a_t) n.
+
+  caption_loss     L_cap     teacher-forced cross-entropy of the captioner on the caption.
+  generation_loss  L_gen     denoising loss of the generator, epsilon or v target, min-SNR option.
+  image_cycle_loss L_i2t2i   the same denoising loss, the denoiser conditioned on the captioner's
+                             soft caption (image -> caption -> image).
+  text_cycle_loss  L_t2i2t   the captioner's caption loss of y on the image decoded from the
+                             generator's x0 prediction (text -> image -> caption).
+
+The model calls that produce these tensors live in recon_ft/objective.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens.
+
+    logits (B, L, V) with logits[:, i] predicting token i + 1; labels (B, L) with IGNORE_INDEX on the
+    prompt and on padding (those positions are excluded from the mean).
+    """
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    target = labels[:, 1:].reshape(-1)
+    return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+
+def _expand(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, 1) broadcastable against latents."""
+    return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def add_noise(z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """zt = sqrt(a_t) z0 + sqrt(1 - a_t) n; alpha_bar (B,)."""
+    a = _expand(alpha_bar, z0)
+    return a.sqrt() * z0 + (1 - a).sqrt() * noise
+
+
+def diffusion_target(z0, noise, alpha_bar, prediction_type: str) -> torch.Tensor:
+    """What the denoiser regresses: n (epsilon) or v = sqrt(a_t) n - sqrt(1 - a_t) z0."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        a = _expand(alpha_bar, z0)
+        return a.sqrt() * noise - (1 - a).sqrt() * z0
+    raise ValueError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {prediction_type!r}")
+
+
+def predict_x0(zt, pred, alpha_bar, prediction_type: str) -> torch.Tensor:
+    """The clean latent implied by a prediction at zt.
+
+    epsilon: z0_hat = (zt - sqrt(1 - a_t) n_hat) / sqrt(a_t);  v: z0_hat = sqrt(a_t) zt - sqrt(1 - a_t) v_hat.
+    """
+    a = _expand(alpha_bar, zt)
+    if prediction_type == "epsilon":
+        return (zt - (1 - a).sqrt() * pred) / a.sqrt()
+    if prediction_type == "v_prediction":
+        return a.sqrt() * zt - (1 - a).sqrt() * pred
+    raise ValueError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {prediction_type!r}")
+
+
+def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), with diffusers' semantics.
+
+    snr = a_t / (1 - a_t); weight = min(snr, gamma) / snr for epsilon, min(snr, gamma) / (snr + 1) for v.
+    """
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def generation_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """mean ||pred - target||^2; with per-sample weights (B,), mean over elements then weighted mean."""
+    if weights is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (per_sample * weights).mean()
+
+
+def image_cycle_loss(pred_soft: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """L_i2t2i: the denoising loss of the real image's noised latent, the denoiser conditioned on the
+    captioner's soft caption. It bounds -log p_G(x | caption), so a caption that lets G denoise x well
+    carries x's content."""
+    return generation_loss(pred_soft, target, weights)
+
+
+def text_cycle_loss(logits_on_generated: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
+    """L_t2i2t: the caption loss of y on the image decoded from the generator's x0 prediction."""
+    return caption_loss(logits_on_generated, labels, label_smoothing)
+
+
+def soft_tokens(logits: torch.Tensor, tau: float = 1.0, gumbel: bool = False) -> torch.Tensor:
+    """Token distributions p (B, N, V) from logits (B, N, V).
+
+    softmax(logits / tau), or a straight-through Gumbel-softmax sample: one-hot forward, the
+    relaxed sample's gradient backward.
+    """
+    if gumbel:
+        return F.gumbel_softmax(logits.float(), tau=tau, hard=True)
+    return torch.softmax(logits.float() / tau, dim=-1)

@@ -1,0 +1,197 @@
+"""Image captioners behind one small interface, and the BLIP implementation of it.
+
+What the losses and the evaluation need from a captioner (and nothing else):
+  - `preprocess(images)`: images in [-1, 1] -> the model's pixel values, differentiably;
+  - `tokenize(captions)`: prompt + caption ids, attention mask, labels (-100 on prompt and padding);
+  - `logits(pixel_values, tokens)`: teacher-forced logits, position i predicting token i + 1;
+  - `generate(pixel_values, ...)`: captions by beam search or nucleus sampling;
+  - `token_embedding`, `tokenizer`, `eos_token_id`: for the vocabulary bridge.
+Another captioner (BLIP-2, GIT) is another class with these members and a builder function.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recon_ft.utils import is_rank_zero
+from recon_ft.models.lora import AdapterSpec, critic_call, unfreeze_modules
+
+log = logging.getLogger(__name__)
+
+# BLIP's image normalization (OpenAI CLIP statistics), as in BlipImageProcessor.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class CaptionTokens:
+    input_ids: torch.Tensor  # (B, L): [DEC] prompt caption [SEP] [PAD]...
+    attention_mask: torch.Tensor  # (B, L)
+    labels: torch.Tensor  # (B, L): input_ids with -100 on the prompt and on padding
+    prompt_length: int  # P: positions 0..P-1 hold [DEC] and the prompt
+
+    def to(self, device) -> "CaptionTokens":
+        return CaptionTokens(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.prompt_length
+        )
+
+    def select(self, rows: torch.Tensor) -> "CaptionTokens":
+        return CaptionTokens(self.input_ids[rows], self.attention_mask[rows], self.labels[rows], self.prompt_length)
+
+
+class BlipCaptioner(nn.Module):
+    def __init__(self, model, processor, prompt: str = "a picture of ", max_length: int = 40):
+        super().__init__()
+        self.model = model  # BlipForConditionalGeneration, LoRA layers injected when training adapters
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.prompt = prompt
+        self.max_length = max_length
+        image_processor = processor.image_processor
+        self.image_size = int(image_processor.size["height"])
+        self.register_buffer("mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False)
+        self.peft_model = None  # set by `configure_adapters` in LoRA mode
+        text_config = model.config.text_config
+        self.bos_token_id = text_config.bos_token_id
+        self.eos_token_id = text_config.sep_token_id  # BLIP ends captions with [SEP]
+        self.pad_token_id = text_config.pad_token_id
+        # [DEC] + prompt, without the tokenizer's trailing [SEP].
+        self.prompt_length = len(self.tokenizer(prompt).input_ids) - 1
+
+    # -- images ---------------------------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 3, S, S) normalized pixel values; differentiable."""
+        x = (images + 1) / 2
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    # -- text -----------------------------------------------------------------------------------
+    def tokenize(self, captions: list[str], device=None) -> CaptionTokens:
+        enc = self.tokenizer(
+            [self.prompt + c for c in captions],
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        input_ids = enc.input_ids.clone()
+        input_ids[:, 0] = self.bos_token_id  # BLIP decodes from [DEC], not [CLS]
+        labels = input_ids.masked_fill(enc.attention_mask == 0, -100)
+        labels[:, : self.prompt_length] = -100
+        tokens = CaptionTokens(input_ids, enc.attention_mask, labels, self.prompt_length)
+        return tokens.to(device) if device is not None else tokens
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.model.text_decoder.get_input_embeddings()
+
+    # -- forward --------------------------------------------------------------------------------
+    def logits(self, pixel_values: torch.Tensor, tokens: CaptionTokens, critic: bool = False) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V); logits[:, i] predicts tokens.input_ids[:, i + 1].
+
+        `critic=True` runs with the adapters detached (the captioner judges the generator's images
+        in the text cycle without learning from that term).
+        """
+        kwargs = dict(pixel_values=pixel_values, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        out = critic_call(self.model, **kwargs) if critic else self.model(**kwargs)
+        return out.logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        num_beams: int = 3,
+        max_length: int = 20,
+        min_length: int = 5,
+        do_sample: bool = False,
+        top_p: float = 0.9,
+        repetition_penalty: float = 1.0,
+        num_return_sequences: int = 1,
+    ) -> list[str]:
+        """Captions (without the prompt) for a batch: B * num_return_sequences strings, grouped by image.
+
+        Lengths count caption tokens after the prompt, as in BLIP's evaluation (5 to 20).
+        """
+        b = pixel_values.shape[0]
+        prompt = self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids.to(pixel_values.device)
+        kwargs = dict(max_new_tokens=max_length, min_new_tokens=min_length, repetition_penalty=repetition_penalty)
+        if do_sample:
+            kwargs.update(do_sample=True, top_p=top_p, top_k=0, num_beams=1)
+        else:
+            kwargs.update(do_sample=False, num_beams=max(num_beams, num_return_sequences))
+        out = self.model.generate(
+            pixel_values=pixel_values, input_ids=prompt, num_return_sequences=num_return_sequences, **kwargs
+        )
+        # generate() drops the prompt's trailing [SEP]: the caption starts at prompt_length.
+        return [c.strip() for c in self.tokenizer.batch_decode(out[:, self.prompt_length :], skip_special_tokens=True)]
+
+    # -- adapters and saving ----------------------------------------------------------------------
+    def configure_adapters(self, spec: AdapterSpec) -> None:
+        self.model.requires_grad_(False)
+        if spec.mode == "lora":
+            from peft import get_peft_model
+
+            self.peft_model = get_peft_model(self.model, spec.lora_config())
+            self.model = self.peft_model.get_base_model()  # same modules, LoRA layers injected
+        elif spec.mode == "full":
+            unfreeze_modules(self.model, spec.target_modules)
+
+    def save_base(self, directory: str | Path) -> None:
+        """The base model and processor, transformers format (call before adapters are added)."""
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_blip(
+    pretrained: str | None = None,
+    tiny: dict | None = None,
+    adapter: dict | AdapterSpec | None = None,
+    prompt: str = "a picture of ",
+    max_length: int = 40,
+    gradient_checkpointing: bool = False,
+    save_base_to: str | None = None,
+    init_seed: int = 0,
+) -> BlipCaptioner:
+    """BLIP captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config.
+
+    A randomly initialized model is written to `save_base_to` (before adapters are added), so a run's
+    adapters can always be loaded back onto the exact base they were trained on.
+    """
+    from transformers import BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    if pretrained:
+        model = BlipForConditionalGeneration.from_pretrained(pretrained)
+        processor = BlipProcessor.from_pretrained(pretrained)
+    else:
+        from recon_ft.models.tiny import tiny_blip_config
+        from recon_ft.models.tokenizers import blip_tokenizer
+
+        config = tiny_blip_config(**(tiny or {}))
+        with torch.random.fork_rng():
+            torch.manual_seed(init_seed)
+            model = BlipForConditionalGeneration(config)
+        size = config.vision_config.image_size
+        image_processor = BlipImageProcessor(
+            size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
+        )
+        processor = BlipProcessor(image_processor=image_processor, tokenizer=blip_tokenizer())
+    model.eval()  # dropout off; Lightning's train() re-enables LoRA dropout where configured
+    captioner = BlipCaptioner(model, processor, prompt=prompt, max_length=max_length)
+    if save_base_to and not pretrained and is_rank_zero():
+        captioner.save_base(save_base_to)
+    captioner.configure_adapters(AdapterSpec.coerce(adapter))
+    if gradient_checkpointing:
+        captioner.enable_gradient_checkpointing()
+    return captioner
+

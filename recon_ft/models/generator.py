@@ -1,0 +1,248 @@
+"""Text-to-image diffusion models behind one small interface, and the Stable Diffusion implementation.
+
+What the losses and the evaluation need from a generator:
+  - `tokenize(captions)` and `encode_text(ids)`: conditioning from token ids, (B, 77, D);
+  - `token_embedding` and `encode_soft(token_embeds, lengths)`: conditioning from soft tokens
+    (the vocabulary bridge's output), with the text encoder's own BOS / EOS / padding around them;
+  - `encode_images` / `decode_latents`: VAE, images in [-1, 1] <-> scaled latents;
+  - `denoise(zt, t, cond)`: the denoiser's prediction (epsilon or v);
+  - `alphas_cumprod`, `prediction_type`, `num_train_timesteps`: the noise schedule;
+  - `sample(prompts, seeds)`: images through the diffusers pipeline.
+SD 2.x fits this class as is (v-prediction); SDXL needs a second text encoder and its own class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from recon_ft.utils import is_rank_zero
+from recon_ft.models.lora import AdapterSpec, critic_call, unfreeze_modules
+
+
+class StableDiffusionGenerator(nn.Module):
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+        super().__init__()
+        from diffusers import DDPMScheduler
+
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler  # the sampler of the saved pipeline
+        # Training uses DDPM with the same betas, as diffusers' text-to-image training scripts do.
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False)
+        self.latent_scale = float(vae.config.scaling_factor)
+        self.max_length = int(tokenizer.model_max_length)
+        self.bos_token_id = tokenizer.bos_token_id
+        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+        self.image_size = int(unet.config.sample_size) * self.vae_scale_factor
+        self.vae_dtype = torch.float32  # the VAE stays out of fp16 autocast (NaN/black images otherwise)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_scheduler.config.num_train_timesteps
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.text_encoder.embeddings.token_embedding
+
+    # -- text -----------------------------------------------------------------------------------
+    def tokenize(self, captions: list[str], device=None) -> torch.Tensor:
+        ids = self.tokenizer(
+            captions, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).input_ids
+        return ids.to(device) if device is not None else ids
+
+    def encode_text(self, input_ids: torch.Tensor, critic: bool = False) -> torch.Tensor:
+        """(B, 77) ids -> (B, 77, D) conditioning."""
+        return self.encode_embeddings(self.token_embedding(input_ids), critic=critic)
+
+    def encode_soft(self, token_embeds: torch.Tensor, lengths: torch.Tensor, critic: bool = False) -> torch.Tensor:
+        """Soft caption tokens (B, N, D_tok), row b valid for its first lengths[b] positions -> (B, 77, D).
+
+        The sequence is laid out exactly as the tokenizer lays out a caption of lengths[b] tokens:
+        BOS, the soft tokens, EOS, then padding, so the text encoder sees its own conventions.
+        """
+        b, n, _ = token_embeds.shape
+        device = token_embeds.device
+        lengths = lengths.clamp(max=self.max_length - 2)
+        pos = torch.arange(self.max_length, device=device)  # (77,)
+        ids = torch.full((b, self.max_length), self.pad_token_id, dtype=torch.long, device=device)
+        ids[:, 0] = self.bos_token_id
+        ids.scatter_(1, (lengths + 1).unsqueeze(1), self.eos_token_id)
+        hard = self.token_embedding(ids)  # (B, 77, D_tok)
+        soft = torch.zeros_like(hard)
+        n = min(n, self.max_length - 2)
+        soft[:, 1 : 1 + n] = token_embeds[:, :n].to(hard.dtype)
+        is_soft = (pos >= 1) & (pos < 1 + lengths.unsqueeze(1))  # (B, 77)
+        return self.encode_embeddings(torch.where(is_soft.unsqueeze(-1), soft, hard), critic=critic)
+
+    def encode_embeddings(self, token_embeds: torch.Tensor, critic: bool = False) -> torch.Tensor:
+        """CLIP text transformer on token embeddings (B, 77, D_tok) -> last hidden state (B, 77, D).
+
+        CLIPTextModel.forward takes ids only, so its body is followed here (causal mask, no padding
+        mask, final layer norm): Stable Diffusion conditions on every position's hidden state.
+        """
+        te = self.text_encoder
+        if critic:
+            return critic_call(_TextTransformer(te), token_embeds)
+        return _TextTransformer(te)(token_embeds)
+
+    # -- images ---------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents z0 = s E(x), (B, 4, H/f, W/f)."""
+        with torch.autocast(images.device.type, enabled=False):
+            dist = self.vae.encode(images.to(self.vae_dtype)).latent_dist
+            return dist.sample() * self.latent_scale
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images (B, 3, H, W), roughly in [-1, 1] (not clamped)."""
+        with torch.autocast(latents.device.type, enabled=self.vae_dtype != torch.float32):
+            return self.vae.decode(latents.to(self.vae_dtype) / self.latent_scale).sample
+
+    # -- diffusion ------------------------------------------------------------------------------
+    def denoise(self, noisy_latents, timesteps, cond, critic: bool = False) -> torch.Tensor:
+        if critic:
+            return critic_call(self.unet, noisy_latents, timesteps, encoder_hidden_states=cond).sample
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
+
+    def pipeline(self):
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        guidance_scale: float = 7.5,
+        num_inference_steps: int = 50,
+        scheduler: str | None = None,
+    ) -> torch.Tensor:
+        """One image per prompt, item i from torch.Generator seeded with seeds[i]: (B, 3, H, W) in [0, 1]."""
+        pipe = self.pipeline()
+        if scheduler:
+            import diffusers
+
+            pipe.scheduler = getattr(diffusers, scheduler).from_config(self.scheduler.config)
+        device = self.unet.device
+        generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+        out = pipe(
+            prompts,
+            generator=generators,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            height=self.image_size,
+            width=self.image_size,
+            output_type="pt",
+        )
+        return out.images
+
+    # -- adapters and saving ----------------------------------------------------------------------
+    def configure_adapters(self, unet: AdapterSpec, text_encoder: AdapterSpec) -> None:
+        self.vae.requires_grad_(False)
+        for module, spec in ((self.unet, unet), (self.text_encoder, text_encoder)):
+            module.requires_grad_(False)
+            if spec.mode == "lora":
+                module.add_adapter(spec.lora_config())
+            elif spec.mode == "full":
+                unfreeze_modules(module, spec.target_modules)
+
+    def save_base(self, directory: str | Path) -> None:
+        """A diffusers pipeline directory (call before adapters are added)."""
+        self.pipeline().save_pretrained(directory)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+
+
+class _TextTransformer(nn.Module):
+    """CLIPTextModel's body from token embeddings on (a thin view sharing its modules)."""
+
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.embeddings = text_encoder.embeddings
+        self.encoder = text_encoder.encoder
+        self.final_layer_norm = text_encoder.final_layer_norm
+        self._config = text_encoder.config
+
+    def forward(self, token_embeds: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_causal_mask
+
+        hidden = self.embeddings(inputs_embeds=token_embeds)  # adds position embeddings
+        mask = create_causal_mask(config=self._config, inputs_embeds=hidden, attention_mask=None, cache=None)
+        hidden = self.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+        return self.final_layer_norm(hidden)
+
+
+def build_stable_diffusion(
+    pretrained: str | None = None,
+    tiny: dict | None = None,
+    unet_adapter: dict | AdapterSpec | None = None,
+    text_encoder_adapter: dict | AdapterSpec | None = None,
+    gradient_checkpointing: bool = False,
+    save_base_to: str | None = None,
+    init_seed: int = 0,
+) -> StableDiffusionGenerator:
+    """Stable Diffusion from `pretrained` (hub id or pipeline directory) or, offline, a tiny config."""
+    if pretrained:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        parts = dict(
+            vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
+            text_encoder=CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer"),
+            unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
+            scheduler=_load_scheduler(pretrained),
+        )
+    else:
+        from recon_ft.models.tiny import tiny_sd_components
+        from recon_ft.models.tokenizers import clip_tokenizer
+
+        with torch.random.fork_rng():
+            torch.manual_seed(init_seed)
+            parts = tiny_sd_components(**(tiny or {}))
+        parts["tokenizer"] = clip_tokenizer()
+    generator = StableDiffusionGenerator(**parts)
+    generator.eval()
+    if save_base_to and not pretrained and is_rank_zero():
+        generator.save_base(save_base_to)
+    generator.configure_adapters(AdapterSpec.coerce(unet_adapter), AdapterSpec.coerce(text_encoder_adapter))
+    if gradient_checkpointing:
+        generator.enable_gradient_checkpointing()
+    return generator
+
+
+def _load_scheduler(pretrained: str):
+    """The pipeline's own sampler class, from scheduler/scheduler_config.json."""
+    import diffusers
+
+    config = diffusers.DDPMScheduler.load_config(pretrained, subfolder="scheduler")
+    return getattr(diffusers, config["_class_name"]).from_config(config)
+

@@ -1,0 +1,94 @@
+"""Tiny model configurations with random weights: the offline default and the test fixtures.
+
+Sizes follow DESIGN.md section 10: a full joint step (both cycles) at batch 8 takes a fraction of a
+second on a CPU. The vocabularies are the real BLIP (BERT WordPiece) and Stable Diffusion (CLIP BPE)
+ones, so the vocabulary bridge between them is exercised for real.
+"""
+
+from __future__ import annotations
+
+BLIP_VOCAB_SIZE = 30524  # BERT uncased (30,522) + [DEC] + [ENC]
+CLIP_VOCAB_SIZE = 49408
+
+
+def tiny_blip_config(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 2):
+    from transformers import BlipConfig
+
+    return BlipConfig(
+        vision_config=dict(
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+            initializer_range=0.02,
+        ),
+        text_config=dict(
+            vocab_size=BLIP_VOCAB_SIZE,
+            hidden_size=hidden_size,
+            encoder_hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+        ),
+    )
+
+
+def tiny_sd_components(sample_size: int = 32, cross_attention_dim: int = 32, prediction_type: str = "epsilon"):
+    """Random-init Stable Diffusion parts: VAE (factor-2 downsampling), UNet, CLIP text encoder, schedulers.
+
+    `sample_size` is the image resolution; latents are (4, sample_size / 2, sample_size / 2).
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=sample_size,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=sample_size // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=CLIP_VOCAB_SIZE,
+            hidden_size=cross_attention_dim,
+            intermediate_size=2 * cross_attention_dim,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=cross_attention_dim,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    # Stable Diffusion v1's schedule (scaled-linear betas, 1,000 steps) with its default sampler; the
+    # training scheduler (DDPM) is made from this config, as diffusers' training scripts do.
+    scheduler = PNDMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        prediction_type=prediction_type,
+    )
+    return dict(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler)

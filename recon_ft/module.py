@@ -1,0 +1,161 @@
+"""The LightningModule: gets the built captioner and generator, returns named losses, owns the
+optimizer, the schedule, per-model gradient clipping and what a checkpoint holds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+
+from recon_ft.models.bridge import VocabBridge
+from recon_ft.objective import LossConfig, compute_losses
+
+DATA_STATE_KEY = "recon_ft_data"
+
+
+@dataclass
+class ModelOptim:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max global norm of this model's trainable parameters
+
+
+@dataclass
+class OptimConfig:
+    captioner: ModelOptim = field(default_factory=ModelOptim)
+    generator: ModelOptim = field(default_factory=ModelOptim)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+
+    @classmethod
+    def coerce(cls, cfg) -> "OptimConfig":
+        if isinstance(cfg, cls):
+            return cfg
+        cfg = dict(cfg or {})
+        for key in ("captioner", "generator"):
+            cfg[key] = ModelOptim(**dict(cfg.get(key) or {}))
+        if "betas" in cfg:
+            cfg["betas"] = tuple(cfg["betas"])
+        out = cls(**cfg)
+        if out.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule: expected constant or cosine, got {out.schedule!r}")
+        return out
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+    """Multiplier of the base learning rate at optimizer step s: linear warmup, then constant or cosine."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+class ReconModule(L.LightningModule):
+    def __init__(self, captioner, generator, loss=None, optim=None):
+        super().__init__()
+        self.captioner = captioner
+        self.generator = generator
+        self.loss_cfg = LossConfig.coerce(loss)
+        self.optim_cfg = OptimConfig.coerce(optim)
+        self.bridge = VocabBridge.from_tokenizers(
+            captioner.tokenizer, generator.tokenizer, fallback=self.loss_cfg.bridge_fallback
+        )
+        # Checkpoints hold the trainable parameters only; the frozen base comes from its source.
+        self.strict_loading = False
+        self._bad_samples = 0
+
+    # -- parameters -------------------------------------------------------------------------------
+    def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def _model_params(self, model) -> list[torch.nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    # -- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        out = compute_losses(self.captioner, self.generator, self.bridge, batch, self.loss_cfg, batch_idx)
+        b = len(batch["caption"])
+        for name, value in out.items():
+            self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "loss")
+        self._bad_samples += int(batch.get("n_bad", 0))
+        self.log("data/bad_samples", float(self._bad_samples), batch_size=b)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        # Seeded timesteps and noise: validation losses are comparable across evaluations.
+        rng = torch.Generator().manual_seed(batch_idx)
+        cfg = LossConfig.coerce({**self.loss_cfg.__dict__, "schedule": "joint"})
+        out = compute_losses(self.captioner, self.generator, self.bridge, batch, cfg, batch_idx, rng=rng)
+        b = len(batch["caption"])
+        for name, value in out.items():
+            self.log(f"val/{name}", value, batch_size=b, sync_dist=True, prog_bar=name == "loss")
+
+    def on_fit_start(self) -> None:
+        cov = self.bridge.coverage()
+        for key, value in cov.items():
+            if isinstance(value, (int, float)):
+                self.log(f"bridge/{key}", float(value), rank_zero_only=True)
+
+    # -- optimization -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        groups = []
+        for name, model, cfg in (("captioner", self.captioner, o.captioner), ("generator", self.generator, o.generator)):
+            params = self._model_params(model)
+            if params:
+                groups.append({"name": name, "params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+        if not groups:
+            raise ValueError("nothing to train: both models' adapters are frozen")
+        optimizer = torch.optim.AdamW(groups, betas=o.betas, eps=o.eps)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(o.schedule, o.warmup_steps, total, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Per-model clipping (the reference clipped the UNet at 1.0 and not BLIP); the trainer-wide
+        # gradient_clip_val still applies on top when set.
+        for group in optimizer.param_groups:
+            clip = getattr(self.optim_cfg, group.get("name", ""), None)
+            if clip is not None and clip.grad_clip:
+                torch.nn.utils.clip_grad_norm_(group["params"], clip.grad_clip)
+        if gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = set(self.trainable_named_parameters())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        if self._trainer is not None:
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+            checkpoint[DATA_STATE_KEY] = {
+                "epoch": self.trainer.current_epoch,
+                "batches": progress.processed,
+                "bad_samples": self._bad_samples,
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = set(self.trainable_named_parameters()) - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks {len(missing)} trainable parameters (e.g. {sorted(missing)[0]}): "
+                "was it written with the same adapter configuration?"
+            )
+        state = checkpoint.get(DATA_STATE_KEY)
+        if state:
+            self._bad_samples = state.get("bad_samples", 0)
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if datamodule is not None and hasattr(datamodule, "resume_from"):
+                datamodule.resume_from(epoch=state["epoch"], batches=state["batches"])

@@ -1,0 +1,131 @@
+"""The joint objective: one batch -> the four named losses, with the forward passes shared.
+
+  L = w_cap L_cap + w_gen L_gen + lambda_img L_i2t2i + lambda_txt L_t2i2t
+
+L_cap and L_i2t2i share the captioner's teacher-forced pass; L_gen and L_t2i2t share the
+denoiser's pass. So the cycles cost one extra text-encoder + denoiser pass (soft caption) and one
+extra decoder + captioner pass (generated image). A term whose weight is 0 is not computed.
+
+Used by the LightningModule and by the plain-PyTorch loop of the benchmark, so both do exactly the
+same maths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from recon_ft import losses as L
+
+
+@dataclass
+class LossConfig:
+    w_cap: float = 1.0
+    w_gen: float = 1.0
+    lambda_img: float = 0.1  # image cycle, trains the captioner through the generator
+    lambda_txt: float = 0.1  # text cycle, trains the generator through the captioner
+    schedule: str = "joint"  # joint | alternate (reference: even steps gen + text cycle, odd cap + image cycle)
+    label_smoothing: float = 0.0
+    min_snr_gamma: float | None = None
+    tau: float = 1.0  # softmax temperature of the soft caption
+    gumbel: bool = False  # straight-through Gumbel-softmax instead of the plain softmax
+    t_max: int | None = None  # text cycle only on rows whose timestep is below t_max
+    cycle_grads: str = "own"  # own: each cycle updates only the model it regularizes | both
+    bridge_fallback: str = "pieces"  # unmatched captioner tokens: pieces | unk | drop
+
+    @classmethod
+    def coerce(cls, cfg) -> "LossConfig":
+        if isinstance(cfg, cls):
+            return cfg
+        cfg = dict(cfg or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(cfg) - names
+        if unknown:
+            raise ValueError(f"loss: unknown options {sorted(unknown)}; available: {sorted(names)}")
+        out = cls(**cfg)
+        if out.schedule not in ("joint", "alternate"):
+            raise ValueError(f"loss.schedule: expected joint or alternate, got {out.schedule!r}")
+        if out.cycle_grads not in ("own", "both"):
+            raise ValueError(f"loss.cycle_grads: expected own or both, got {out.cycle_grads!r}")
+        return out
+
+    def weights(self, batch_idx: int = 0) -> dict[str, float]:
+        w = {"cap": self.w_cap, "gen": self.w_gen, "i2t2i": self.lambda_img, "t2i2t": self.lambda_txt}
+        if self.schedule == "alternate":
+            keep = ("gen", "t2i2t") if batch_idx % 2 == 0 else ("cap", "i2t2i")
+            w = {k: (v if k in keep else 0.0) for k, v in w.items()}
+        return w
+
+
+def compute_losses(
+    captioner,
+    generator,
+    bridge,
+    batch: dict,
+    cfg: LossConfig,
+    batch_idx: int = 0,
+    rng: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Named losses of one batch: `loss` (the weighted total), `loss_<term>` per computed term and
+    `bridge_mass` (share of the soft caption's probability mass on exactly matched tokens).
+
+    `rng` draws timesteps and noise (validation passes a seeded one so its losses are comparable).
+    """
+    w = cfg.weights(batch_idx)
+    captions = batch["caption"]
+    image_gen = batch["image_gen"]
+    device = image_gen.device
+    out: dict[str, torch.Tensor] = {}
+    critic = cfg.cycle_grads == "own"
+
+    tokens = captioner.tokenize(captions, device)
+    if w["cap"] or w["i2t2i"]:
+        logits = captioner.logits(batch["image_cap"], tokens)  # (B, L, V_C)
+        if w["cap"]:
+            out["loss_cap"] = L.caption_loss(logits, tokens.labels, cfg.label_smoothing)
+
+    if w["gen"] or w["i2t2i"] or w["t2i2t"]:
+        with torch.no_grad():
+            z0 = generator.encode_images(image_gen)  # (B, 4, h, w), frozen VAE
+        b = z0.shape[0]
+        t = torch.randint(0, generator.num_train_timesteps, (b,), generator=rng, device=rng.device if rng else None)
+        noise = torch.randn(z0.shape, generator=rng, device=rng.device if rng else None, dtype=z0.dtype)
+        t, noise = t.to(device), noise.to(device)
+        alpha_bar = generator.alphas_cumprod.to(device)[t]  # (B,)
+        zt = L.add_noise(z0, noise, alpha_bar)
+        target = L.diffusion_target(z0, noise, alpha_bar, generator.prediction_type)
+        snr_w = L.min_snr_weights(alpha_bar, cfg.min_snr_gamma, generator.prediction_type) if cfg.min_snr_gamma else None
+
+    if w["gen"] or w["t2i2t"]:
+        cond = generator.encode_text(generator.tokenize(captions, device))  # (B, 77, D)
+        pred = generator.denoise(zt, t, cond)  # (B, 4, h, w)
+        if w["gen"]:
+            out["loss_gen"] = L.generation_loss(pred, target, snr_w)
+
+    if w["i2t2i"]:
+        # logits[:, i] predicts token i + 1, so the caption tokens P.. are predicted by positions P-1..
+        p_len = tokens.prompt_length
+        caption_mask = (tokens.labels[:, p_len:] != L.IGNORE_INDEX) & (
+            tokens.input_ids[:, p_len:] != captioner.eos_token_id
+        )  # (B, N): caption tokens, not [SEP] or padding
+        probs = L.soft_tokens(logits[:, p_len - 1 : -1], cfg.tau, cfg.gumbel)  # (B, N, V_C)
+        token_embeds = bridge.embed(probs, generator.token_embedding.weight)  # (B, N, D_tok)
+        cond_soft = generator.encode_soft(token_embeds, caption_mask.sum(1), critic=critic)
+        pred_soft = generator.denoise(zt, t, cond_soft, critic=critic)
+        out["loss_i2t2i"] = L.image_cycle_loss(pred_soft, target, snr_w)
+        out["bridge_mass"] = bridge.mass_coverage(probs.detach(), caption_mask)
+
+    if w["t2i2t"]:
+        rows = (t < cfg.t_max) if cfg.t_max else torch.ones_like(t, dtype=torch.bool)
+        if rows.any():
+            z0_hat = L.predict_x0(zt[rows], pred[rows], alpha_bar[rows], generator.prediction_type)
+            x_hat = generator.decode_latents(z0_hat).clamp(-1, 1)  # (b', 3, H, W)
+            sub = tokens.select(rows)
+            logits_hat = captioner.logits(captioner.preprocess(x_hat), sub, critic=critic)
+            out["loss_t2i2t"] = L.text_cycle_loss(logits_hat, sub.labels, cfg.label_smoothing)
+        else:  # no row qualifies this batch: a zero that still touches the graph (DDP needs that)
+            out["loss_t2i2t"] = pred.sum() * 0.0
+
+    out["loss"] = sum(w[name[5:]] * value for name, value in out.items() if name.startswith("loss_"))
+    return out
