@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from recon_ft.utils import is_rank_zero
-from recon_ft.models.lora import AdapterSpec, critic_call, unfreeze_modules
+from recon_ft.models.lora import AdapterSpec, critic_call, inject_lora, unfreeze_modules
 
 
 class StableDiffusionGenerator(nn.Module):
@@ -168,8 +168,10 @@ class StableDiffusionGenerator(nn.Module):
         self.vae.requires_grad_(False)
         for module, spec in ((self.unet, unet), (self.text_encoder, text_encoder)):
             module.requires_grad_(False)
-            if spec.mode == "lora":
-                module.add_adapter(spec.lora_config())
+            if spec.mode == "lora" and module is self.unet:
+                module.add_adapter(spec.lora_config())  # diffusers' PEFT integration
+            elif spec.mode == "lora":
+                inject_lora(module, spec)
             elif spec.mode == "full":
                 unfreeze_modules(module, spec.target_modules)
 

@@ -53,6 +53,18 @@ class AdapterSpec:
         )
 
 
+def inject_lora(module: nn.Module, spec: AdapterSpec) -> None:
+    """peft LoRA layers into a transformers model, readable by `get_peft_model_state_dict`.
+
+    transformers' own `add_adapter` would do this but demands a newer peft than is released.
+    """
+    from peft import inject_adapter_in_model
+
+    config = spec.lora_config()
+    inject_adapter_in_model(config, module, adapter_name="default")
+    module.peft_config = {"default": config}
+
+
 def matches_target(name: str, target_modules) -> bool:
     """peft's rule: a regex string must match the full name; a list entry must end the name."""
     if isinstance(target_modules, str):
