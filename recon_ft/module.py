@@ -3,6 +3,7 @@ optimizer, the schedule, per-model gradient clipping and what a checkpoint holds
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ import torch
 from recon_ft.models.bridge import VocabBridge
 from recon_ft.objective import LossConfig, compute_losses
 
-DATA_STATE_KEY = "recon_ft_data"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,15 +85,19 @@ class ReconModule(L.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
+        self._bad_samples += int(batch.get("n_bad", 0))
+        if not batch["caption"]:  # every sample of this batch was bad (and skipped)
+            return None
         out = compute_losses(self.captioner, self.generator, self.bridge, batch, self.loss_cfg, batch_idx)
         b = len(batch["caption"])
         for name, value in out.items():
             self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "loss")
-        self._bad_samples += int(batch.get("n_bad", 0))
         self.log("data/bad_samples", float(self._bad_samples), batch_size=b)
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
+        if not batch["caption"]:
+            return
         # Seeded timesteps and noise: validation losses are comparable across evaluations.
         rng = torch.Generator().manual_seed(batch_idx)
         cfg = LossConfig.coerce({**self.loss_cfg.__dict__, "schedule": "joint"})
@@ -102,10 +107,16 @@ class ReconModule(L.LightningModule):
             self.log(f"val/{name}", value, batch_size=b, sync_dist=True, prog_bar=name == "loss")
 
     def on_fit_start(self) -> None:
-        cov = self.bridge.coverage()
-        for key, value in cov.items():
-            if isinstance(value, (int, float)):
-                self.log(f"bridge/{key}", float(value), rank_zero_only=True)
+        # Vocabulary coverage of the bridge is fixed for a run: logged once, at step 0.
+        cov = {f"bridge/{k}": float(v) for k, v in self.bridge.coverage().items() if isinstance(v, (int, float))}
+        log.info(
+            "vocabulary bridge: %.1f%% of the captioner's tokens matched exactly, %.1f%% by fallback",
+            100 * cov["bridge/matched"],
+            100 * cov["bridge/fallback"],
+        )
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(cov, step=0)
 
     # -- optimization -----------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -138,13 +149,7 @@ class ReconModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = set(self.trainable_named_parameters())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        if self._trainer is not None:
-            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-            checkpoint[DATA_STATE_KEY] = {
-                "epoch": self.trainer.current_epoch,
-                "batches": progress.processed,
-                "bad_samples": self._bad_samples,
-            }
+        checkpoint["bad_samples"] = self._bad_samples  # the data position is the data module's state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = set(self.trainable_named_parameters()) - set(checkpoint["state_dict"])
@@ -153,9 +158,4 @@ class ReconModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} trainable parameters (e.g. {sorted(missing)[0]}): "
                 "was it written with the same adapter configuration?"
             )
-        state = checkpoint.get(DATA_STATE_KEY)
-        if state:
-            self._bad_samples = state.get("bad_samples", 0)
-            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            if datamodule is not None and hasattr(datamodule, "resume_from"):
-                datamodule.resume_from(epoch=state["epoch"], batches=state["batches"])
+        self._bad_samples = checkpoint.get("bad_samples", 0)

@@ -1,0 +1,79 @@
+"""The two views of one image: what the captioner sees and what the generator encodes.
+
+Captioner view: float (3, Hc, Wc), normalized with the captioner's mean / std.
+  augment="blip": RandomResizedCrop(scale 0.5-1, bicubic) + horizontal flip + RandAugment(2, 5),
+  the reference implementation's training view; augment="none": plain bicubic resize.
+  Note that flips swap "left of" / "right of" and RandAugment changes colours: use "none" for the
+  synthetic benchmark, whose captions are about exactly those.
+Generator view: float (3, Hg, Wg) in [-1, 1] (the VAE's input range), plain resize, no crop or
+  flip (as the reference implementation).
+Both take a PIL RGB image; resizes squash to the target size (no aspect-preserving crop),
+as BLIP's evaluation transform does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+# BLIP (like CLIP) normalizes with these statistics.
+BLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+BLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+AUGMENTS = ("none", "blip")
+
+
+def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """An int n -> (n, n); a pair -> (h, w)."""
+    if isinstance(size, int):
+        return size, size
+    h, w = (int(s) for s in size)
+    return h, w
+
+
+class CaptionerView:
+    """PIL RGB image -> (3, H, W) float tensor normalized with (mean, std)."""
+
+    def __init__(self, size: int | Sequence[int] = 384, mean: Sequence[float] = BLIP_MEAN,
+                 std: Sequence[float] = BLIP_STD, augment: str | None = "none"):
+        augment = "none" if augment is None else str(augment)
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        self.size, self.augment = as_hw(size), augment
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if augment == "blip":
+            geometry = [
+                T.RandomResizedCrop(self.size, scale=(0.5, 1.0), interpolation=InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(),
+                T.RandAugment(num_ops=2, magnitude=5),
+            ]
+        else:
+            geometry = [T.Resize(self.size, interpolation=InterpolationMode.BICUBIC)]
+        self.transform = T.Compose([*geometry, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"CaptionerView(size={self.size}, augment={self.augment!r})"
+
+
+class GeneratorView:
+    """PIL RGB image -> (3, H, W) float tensor in [-1, 1]."""
+
+    def __init__(self, size: int | Sequence[int] = 512):
+        self.size = as_hw(size)
+        self.transform = T.Compose([
+            T.Resize(self.size, interpolation=InterpolationMode.BILINEAR),
+            T.ToTensor(),  # [0, 1]
+            T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),  # -> [-1, 1]
+        ])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"GeneratorView(size={self.size})"
