@@ -1,0 +1,1 @@
+"""Evaluation: caption and generation metrics, metric feature extractors, analysis statistics."""
