@@ -63,8 +63,9 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: 
 
 
 class ReconModule(L.LightningModule):
-    def __init__(self, captioner, generator, loss=None, optim=None):
+    def __init__(self, captioner, generator, loss=None, optim=None, seed: int = 0):
         super().__init__()
+        self.seed = seed
         self.captioner = captioner
         self.generator = generator
         self.loss_cfg = LossConfig.coerce(loss)
@@ -88,18 +89,30 @@ class ReconModule(L.LightningModule):
         self._bad_samples += int(batch.get("n_bad", 0))
         if not batch["caption"]:  # every sample of this batch was bad (and skipped)
             return None
-        out = compute_losses(self.captioner, self.generator, self.bridge, batch, self.loss_cfg, batch_idx)
+        out = compute_losses(
+            self.captioner, self.generator, self.bridge, batch, self.loss_cfg, batch_idx, rng=self._step_rng()
+        )
         b = len(batch["caption"])
         for name, value in out.items():
             self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "loss")
         self.log("data/bad_samples", float(self._bad_samples), batch_size=b)
         return out["loss"]
 
+    def _step_rng(self) -> torch.Generator:
+        """Timesteps and noise of a training batch drawn from (seed, batch number, rank).
+
+        A function of the position in training rather than of a global RNG stream, so a resumed
+        run draws exactly what the uninterrupted run would have, and DDP ranks draw differently.
+        """
+        batch_number = self.trainer.fit_loop.epoch_loop.total_batch_idx if self._trainer is not None else 0
+        seed = (self.seed * 1_000_003 + batch_number) * 1009 + self.global_rank
+        return torch.Generator(self.device).manual_seed(seed)
+
     def validation_step(self, batch, batch_idx):
         if not batch["caption"]:
             return
         # Seeded timesteps and noise: validation losses are comparable across evaluations.
-        rng = torch.Generator().manual_seed(batch_idx)
+        rng = torch.Generator(self.device).manual_seed(batch_idx)
         cfg = LossConfig.coerce({**self.loss_cfg.__dict__, "schedule": "joint"})
         out = compute_losses(self.captioner, self.generator, self.bridge, batch, cfg, batch_idx, rng=rng)
         b = len(batch["caption"])

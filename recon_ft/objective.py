@@ -70,7 +70,8 @@ def compute_losses(
     """Named losses of one batch: `loss` (the weighted total), `loss_<term>` per computed term and
     `bridge_mass` (share of the soft caption's probability mass on exactly matched tokens).
 
-    `rng` draws timesteps and noise (validation passes a seeded one so its losses are comparable).
+    `rng` draws the latent sample, timesteps and noise: the trainer passes one seeded by the batch's
+    position (exact resume), validation a fixed one (comparable losses).
     """
     w = cfg.weights(batch_idx)
     captions = batch["caption"]
@@ -87,11 +88,9 @@ def compute_losses(
 
     if w["gen"] or w["i2t2i"] or w["t2i2t"]:
         with torch.no_grad():
-            z0 = generator.encode_images(image_gen)  # (B, 4, h, w), frozen VAE
-        b = z0.shape[0]
-        t = torch.randint(0, generator.num_train_timesteps, (b,), generator=rng, device=rng.device if rng else None)
-        noise = torch.randn(z0.shape, generator=rng, device=rng.device if rng else None, dtype=z0.dtype)
-        t, noise = t.to(device), noise.to(device)
+            z0 = generator.encode_images(image_gen, rng)  # (B, 4, h, w), frozen VAE
+        t = torch.randint(0, generator.num_train_timesteps, (z0.shape[0],), generator=rng, device=device)
+        noise = torch.randn(z0.shape, generator=rng, device=device, dtype=z0.dtype)
         alpha_bar = generator.alphas_cumprod.to(device)[t]  # (B,)
         zt = L.add_noise(z0, noise, alpha_bar)
         target = L.diffusion_target(z0, noise, alpha_bar, generator.prediction_type)

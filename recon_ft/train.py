@@ -36,6 +36,7 @@ def build_module(cfg: DictConfig) -> ReconModule:
         generator,
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        seed=cfg.seed,
     )
 
 
@@ -45,8 +46,7 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
     return instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, **overrides)
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit and return the final logged metrics (floats)."""
+def fit(cfg: DictConfig) -> tuple[L.Trainer, ReconModule]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     if is_rank_zero():
@@ -56,4 +56,10 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg, module.captioner, module.generator)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return trainer, module
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit and return the final logged metrics (floats)."""
+    trainer, _ = fit(cfg)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -115,10 +115,13 @@ class BlipCaptioner(nn.Module):
         top_p: float = 0.9,
         repetition_penalty: float = 1.0,
         num_return_sequences: int = 1,
+        **generate_kwargs,
     ) -> list[str]:
         """Captions (without the prompt) for a batch: B * num_return_sequences strings, grouped by image.
 
         Lengths count caption tokens after the prompt, as in BLIP's evaluation (5 to 20).
+        `generate_kwargs` go to transformers' generate (e.g. `logits_processor`: the evaluation's
+        per-item seeded nucleus sampling, recon_ft.eval.captioning).
         """
         b = pixel_values.shape[0]
         prompt = self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids.to(pixel_values.device)
@@ -128,7 +131,8 @@ class BlipCaptioner(nn.Module):
         else:
             kwargs.update(do_sample=False, num_beams=max(num_beams, num_return_sequences))
         out = self.model.generate(
-            pixel_values=pixel_values, input_ids=prompt, num_return_sequences=num_return_sequences, **kwargs
+            pixel_values=pixel_values, input_ids=prompt, num_return_sequences=num_return_sequences, **kwargs,
+            **generate_kwargs,
         )
         # generate() drops the prompt's trailing [SEP]: the caption starts at prompt_length.
         return [c.strip() for c in self.tokenizer.batch_decode(out[:, self.prompt_length :], skip_special_tokens=True)]
@@ -156,6 +160,7 @@ class BlipCaptioner(nn.Module):
 def build_blip(
     pretrained: str | None = None,
     tiny: dict | None = None,
+    arch: str | None = None,
     adapter: dict | AdapterSpec | None = None,
     prompt: str = "a picture of ",
     max_length: int = 40,
@@ -163,7 +168,8 @@ def build_blip(
     save_base_to: str | None = None,
     init_seed: int = 0,
 ) -> BlipCaptioner:
-    """BLIP captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config.
+    """BLIP captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
+    or a real architecture with random weights (`arch`, see recon_ft.models.arch: "blip_base").
 
     A randomly initialized model is written to `save_base_to` (before adapters are added), so a run's
     adapters can always be loaded back onto the exact base they were trained on.
@@ -174,10 +180,13 @@ def build_blip(
         model = BlipForConditionalGeneration.from_pretrained(pretrained)
         processor = BlipProcessor.from_pretrained(pretrained)
     else:
+        from recon_ft.models.arch import captioner_arch
         from recon_ft.models.tiny import tiny_blip_config
         from recon_ft.models.tokenizers import blip_tokenizer
 
-        config = tiny_blip_config(**(tiny or {}))
+        if arch and tiny:
+            raise ValueError("captioner: give `arch` or `tiny`, not both")
+        config = captioner_arch(arch) if arch else tiny_blip_config(**(tiny or {}))
         with torch.random.fork_rng():
             torch.manual_seed(init_seed)
             model = BlipForConditionalGeneration(config)

@@ -4,7 +4,8 @@ What the losses and the evaluation need from a generator:
   - `tokenize(captions)` and `encode_text(ids)`: conditioning from token ids, (B, 77, D);
   - `token_embedding` and `encode_soft(token_embeds, lengths)`: conditioning from soft tokens
     (the vocabulary bridge's output), with the text encoder's own BOS / EOS / padding around them;
-  - `encode_images` / `decode_latents`: VAE, images in [-1, 1] <-> scaled latents;
+  - `encode_images` / `decode_latents`: VAE, images in [-1, 1] <-> scaled latents (`decode_latents`
+    goes through the cheaper `cycle_decoder` when one is set: it only serves the text cycle);
   - `denoise(zt, t, cond)`: the denoiser's prediction (epsilon or v);
   - `alphas_cumprod`, `prediction_type`, `num_train_timesteps`: the noise schedule;
   - `sample(prompts, seeds)`: images through the diffusers pipeline.
@@ -23,7 +24,7 @@ from recon_ft.models.lora import AdapterSpec, critic_call, inject_lora, unfreeze
 
 
 class StableDiffusionGenerator(nn.Module):
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, cycle_decoder=None):
         super().__init__()
         from diffusers import DDPMScheduler
 
@@ -42,6 +43,9 @@ class StableDiffusionGenerator(nn.Module):
         self.pad_token_id = tokenizer.pad_token_id
         self.image_size = int(unet.config.sample_size) * self.vae_scale_factor
         self.vae_dtype = torch.float32  # the VAE stays out of fp16 autocast (NaN/black images otherwise)
+        # An AutoencoderTiny (TAESD) standing in for the VAE decoder in `decode_latents`, or None.
+        self.cycle_decoder = cycle_decoder.requires_grad_(False) if cycle_decoder is not None else None
+        self.decode_chunk: int | None = None  # decode this many rows at a time (set with checkpointing)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -102,14 +106,26 @@ class StableDiffusionGenerator(nn.Module):
         return _TextTransformer(te)(token_embeds)
 
     # -- images ---------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latents z0 = s E(x), (B, 4, H/f, W/f)."""
+    def encode_images(self, images: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents z0 = s E(x), (B, 4, H/f, W/f), sampled from the
+        VAE posterior with `rng`."""
         with torch.autocast(images.device.type, enabled=False):
             dist = self.vae.encode(images.to(self.vae_dtype)).latent_dist
-            return dist.sample() * self.latent_scale
+            return dist.sample(generator=rng) * self.latent_scale
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images (B, 3, H, W), roughly in [-1, 1] (not clamped)."""
+        if self.decode_chunk and latents.shape[0] > self.decode_chunk:
+            # With gradient checkpointing, one chunk's decoder activations are recomputed at a time.
+            return torch.cat([self.decode_latents(z) for z in latents.split(self.decode_chunk)])
+        if self.cycle_decoder is not None:
+            # TAESD decodes the diffusion model's latents as they are: its config has scaling_factor 1
+            # and shift_factor 0 (AutoencoderTiny.decode applies neither; a pipeline divides by the
+            # factor before calling it). It clamps with tanh(z / 3) * 3 and returns [-1, 1] images.
+            # Small, fp16-safe: it runs under the ambient autocast.
+            cfg = self.cycle_decoder.config
+            z = latents / cfg.scaling_factor + getattr(cfg, "shift_factor", 0.0)
+            return self.cycle_decoder.decode(z).sample
         with torch.autocast(latents.device.type, enabled=self.vae_dtype != torch.float32):
             return self.vae.decode(latents.to(self.vae_dtype) / self.latent_scale).sample
 
@@ -180,7 +196,13 @@ class StableDiffusionGenerator(nn.Module):
         self.pipeline().save_pretrained(directory)
 
     def enable_gradient_checkpointing(self) -> None:
+        """UNet, and the decoder the text cycle backpropagates through (decoded one row at a time:
+        at 512 px one up-block's recomputed activations for a batch of 8 would take tens of GB)."""
         self.unet.enable_gradient_checkpointing()
+        for decoder in (self.vae, self.cycle_decoder):
+            if decoder is not None:
+                decoder.enable_gradient_checkpointing()
+        self.decode_chunk = 1
 
 
 class _TextTransformer(nn.Module):
@@ -205,13 +227,23 @@ class _TextTransformer(nn.Module):
 def build_stable_diffusion(
     pretrained: str | None = None,
     tiny: dict | None = None,
+    arch: str | None = None,
+    cycle_decoder: str = "full",
+    cycle_decoder_pretrained: str | None = None,
     unet_adapter: dict | AdapterSpec | None = None,
     text_encoder_adapter: dict | AdapterSpec | None = None,
     gradient_checkpointing: bool = False,
     save_base_to: str | None = None,
     init_seed: int = 0,
 ) -> StableDiffusionGenerator:
-    """Stable Diffusion from `pretrained` (hub id or pipeline directory) or, offline, a tiny config."""
+    """Stable Diffusion from `pretrained` (hub id or pipeline directory) or, offline, a tiny config or a
+    real architecture with random weights (`arch`, see recon_ft.models.arch: "sd15").
+
+    `cycle_decoder`: which decoder the text cycle backpropagates through. `full` is the VAE's;
+    `tiny` is diffusers' AutoencoderTiny (TAESD), loaded from `cycle_decoder_pretrained` (a local
+    copy of madebyollin/taesd, the one for SD v1/v2 latents) or random-init without it (then the
+    text cycle's images are noise: for measuring cost only).
+    """
     if pretrained:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -224,13 +256,17 @@ def build_stable_diffusion(
             scheduler=_load_scheduler(pretrained),
         )
     else:
+        from recon_ft.models.arch import generator_arch
         from recon_ft.models.tiny import tiny_sd_components
         from recon_ft.models.tokenizers import clip_tokenizer
 
+        if arch and tiny:
+            raise ValueError("generator: give `arch` or `tiny`, not both")
         with torch.random.fork_rng():
             torch.manual_seed(init_seed)
-            parts = tiny_sd_components(**(tiny or {}))
+            parts = generator_arch(arch) if arch else tiny_sd_components(**(tiny or {}))
         parts["tokenizer"] = clip_tokenizer()
+    parts["cycle_decoder"] = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
     generator = StableDiffusionGenerator(**parts)
     generator.eval()
     if save_base_to and not pretrained and is_rank_zero():
@@ -239,6 +275,43 @@ def build_stable_diffusion(
     if gradient_checkpointing:
         generator.enable_gradient_checkpointing()
     return generator
+
+
+def build_cycle_decoder(kind: str, vae, pretrained: str | None = None, init_seed: int = 0):
+    """None for `full` (the VAE's own decoder); an AutoencoderTiny for `tiny`.
+
+    Random-init, it has TAESD's layout (blocks (3, 3, 3, 1), 64 channels) with as many upsamplings
+    as the VAE has and its latent channels; the width is capped at the VAE decoder's narrowest one
+    so that at tiny sizes it stays cheaper than the decoder it replaces.
+    """
+    if kind not in ("full", "tiny"):
+        raise ValueError(f"generator.cycle_decoder: expected full or tiny, got {kind!r}")
+    if kind == "full":
+        return None
+    from diffusers import AutoencoderTiny
+
+    latent_channels = int(vae.config.latent_channels)
+    if pretrained:
+        decoder = AutoencoderTiny.from_pretrained(pretrained)
+        if int(decoder.config.latent_channels) != latent_channels:
+            raise ValueError(
+                f"cycle_decoder_pretrained: {decoder.config.latent_channels} latent channels, the VAE has "
+                f"{latent_channels}"
+            )
+    else:
+        stages = len(vae.config.block_out_channels)  # upsampling factor 2 ** (stages - 1)
+        width = min(64, min(vae.config.block_out_channels))
+        blocks = ((3,) * (stages - 1) + (1,))[-stages:]
+        with torch.random.fork_rng():
+            torch.manual_seed(init_seed)
+            decoder = AutoencoderTiny(
+                latent_channels=latent_channels,
+                encoder_block_out_channels=(width,) * stages,
+                decoder_block_out_channels=(width,) * stages,
+                num_encoder_blocks=tuple(reversed(blocks)),
+                num_decoder_blocks=blocks,
+            )
+    return decoder.eval()
 
 
 def _load_scheduler(pretrained: str):

@@ -1,0 +1,215 @@
+"""Integration: compose the real Hydra config, train a few steps on CPU, check every output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from recon_ft.train import fit
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+SYNTHETIC_SMALL = ["data.train.size=48", "data.val.size=8"]
+SMALL = [
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "callbacks.model_checkpoint.every_n_train_steps=4",
+    "loss.lambda_img=0.5",
+    "loss.lambda_txt=0.5",
+]
+
+
+def compose_train(run_dir: Path, *overrides: str, synthetic: bool = True):
+    small = SMALL + (SYNTHETIC_SMALL if synthetic else [])
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=[f"run_dir={run_dir}", *small, *overrides])
+
+
+def trainable_state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.trainable_named_parameters().items()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One 8-step run, shared by the output checks below."""
+    run_dir = tmp_path_factory.mktemp("run")
+    trainer, module = fit(compose_train(run_dir, "trainer.max_steps=8"))
+    return run_dir, trainer, module
+
+
+def test_run_writes_every_output(run):
+    run_dir, trainer, _ = run
+    assert trainer.global_step == 8
+    for path in [
+        "config.yaml",
+        "checkpoints/last.ckpt",
+        "checkpoints/step000004.ckpt",
+        "adapters/captioner/adapter_config.json",
+        "adapters/captioner/adapter_model.safetensors",
+        "adapters/generator/pytorch_lora_weights.safetensors",
+        "base/captioner/config.json",
+        "base/captioner/processor_config.json",
+        "base/generator/model_index.json",
+        "logs/metrics.csv",
+    ]:
+        assert (run_dir / path).exists(), path
+    header = (run_dir / "logs/metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ["train/loss", "train/loss_cap", "train/loss_gen", "train/loss_i2t2i", "train/loss_t2i2t",
+                "train/bridge_mass", "bridge/matched", "val/loss", "data/bad_samples"]:
+        assert key in header, key
+
+
+def test_checkpoint_holds_only_trainable_parameters(run):
+    run_dir, _, module = run
+    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert set(ckpt["state_dict"]) == set(module.trainable_named_parameters())
+    assert all("lora" in k for k in ckpt["state_dict"])
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["global_step"] == 8
+
+
+def test_base_weights_unchanged_and_adapters_trained(run):
+    from diffusers import UNet2DConditionModel
+    from transformers import BlipForConditionalGeneration
+
+    run_dir, _, module = run
+    base_blip = BlipForConditionalGeneration.from_pretrained(run_dir / "base/captioner")
+    ours = {k.replace(".base_layer", ""): v for k, v in module.captioner.model.state_dict().items() if "lora" not in k}
+    for name, value in base_blip.state_dict().items():
+        torch.testing.assert_close(ours[name], value, rtol=0, atol=0, msg=name)
+    base_unet = UNet2DConditionModel.from_pretrained(run_dir / "base/generator", subfolder="unet")
+    ours = {k.replace(".base_layer", ""): v for k, v in module.generator.unet.state_dict().items() if "lora" not in k}
+    for name, value in base_unet.state_dict().items():
+        torch.testing.assert_close(ours[name], value, rtol=0, atol=0, msg=name)
+    # LoRA B matrices start at zero in peft's gaussian init only for A; B = 0: training moved them.
+    lora_b = [p for n, p in module.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_adapters_reload_through_peft_and_diffusers(run):
+    from diffusers import StableDiffusionPipeline
+    from peft import PeftModel
+    from transformers import BlipForConditionalGeneration
+
+    run_dir, _, module = run
+    cap, gen = module.captioner, module.generator
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    tokens = cap.tokenize(["a small red circle", "a blue star"])
+
+    blip = BlipForConditionalGeneration.from_pretrained(run_dir / "base/captioner")
+    peft_blip = PeftModel.from_pretrained(blip, run_dir / "adapters/captioner").eval()
+    pixels = cap.preprocess(images)
+    with torch.no_grad():
+        reloaded = peft_blip(pixel_values=pixels, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        torch.testing.assert_close(reloaded.logits, cap.logits(pixels, tokens), rtol=1e-4, atol=1e-5)
+
+    pipe = StableDiffusionPipeline.from_pretrained(run_dir / "base/generator", safety_checker=None)
+    pipe.load_lora_weights(run_dir / "adapters/generator")
+    z = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([10, 500])
+    cond = gen.encode_text(gen.tokenize(["a small red circle", "a blue star"]))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pipe.unet(z, t, encoder_hidden_states=cond).sample, gen.denoise(z, t, cond), rtol=1e-4, atol=1e-5
+        )
+        # The adapters matter: without them the UNet's prediction differs.
+        pipe.unload_lora_weights()
+        assert not torch.allclose(pipe.unet(z, t, encoder_hidden_states=cond).sample, gen.denoise(z, t, cond))
+
+
+class StopAt(L.Callback):
+    """Stops a run after `step` optimizer steps, as a pre-empted job would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_resume_continues_where_the_run_stopped(run, tmp_path):
+    """An 8-step run interrupted after step 4 and resumed from its step-4 checkpoint ends with the
+    same weights as the uninterrupted run: same step count, data order, noise and LR schedule."""
+    run_dir, _, straight = run
+    first_dir = tmp_path / "first"
+    stop = ["trainer.max_steps=8", "+callbacks.stop._target_=tests.test_train.StopAt", "+callbacks.stop.step=4"]
+    trainer, _ = fit(compose_train(first_dir, *stop))
+    assert trainer.global_step == 4
+    ckpt = first_dir / "checkpoints/step000004.ckpt"
+    trainer, resumed = fit(compose_train(tmp_path / "resumed", "trainer.max_steps=8", f"ckpt_path={ckpt}"))
+    assert trainer.global_step == 8
+    want, got = trainable_state(straight), trainable_state(resumed)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_alternate_schedule_and_paper_style_full_training(tmp_path):
+    """The reference schedule with full (non-LoRA) training of the cross-attention queries."""
+    overrides = [
+        "trainer.max_steps=2",
+        "loss=paper",
+        "captioner.adapter.mode=full",
+        r"captioner.adapter.target_modules='.*text_decoder.*\.crossattention\.self\.query'",
+        "generator.unet_adapter.mode=full",
+        r"generator.unet_adapter.target_modules='.*attn2\.to_q'",
+    ]
+    trainer, module = fit(compose_train(tmp_path, *overrides))
+    names = set(module.trainable_named_parameters())
+    assert names and all(("crossattention.self.query" in n) or ("attn2.to_q" in n) for n in names)
+    weights = load_file(tmp_path / "adapters/generator/trainable_weights.safetensors")
+    assert weights and all(k.startswith("unet.") and "attn2.to_q" in k for k in weights)
+    assert (tmp_path / "adapters/captioner/trainable_weights.safetensors").exists()
+
+
+def test_bad_samples_are_skipped_and_counted_or_raise(tmp_path):
+    from recon_ft.data.fabricate import write_jsonl
+
+    paths = write_jsonl(tmp_path / "data", n=8, corrupt=True, missing=True, empty_caption=True)
+    jsonl = paths["jsonl"]
+    common = [
+        "data=jsonl",
+        f"paths.jsonl={jsonl}",
+        "data.num_workers=0",
+        "data.caption_view.augment=none",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    ]
+    trainer, module = fit(compose_train(tmp_path / "skip", *common, synthetic=False))
+    assert trainer.global_step == 2
+    logged = (tmp_path / "skip/logs/metrics.csv").read_text()
+    assert "data/bad_samples" in logged
+    assert module._bad_samples >= 1
+
+    with pytest.raises(ValueError) as err:
+        fit(compose_train(tmp_path / "raise", *common, "data.on_bad_sample=raise", synthetic=False))
+    assert str(tmp_path / "data") in str(err.value)
+
+
+def test_config_mistakes_give_short_messages(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run_cli(*args):
+        return subprocess.run(
+            [sys.executable, "train.py", f"hydra.run.dir={tmp_path}/out", *args],
+            cwd=root, capture_output=True, text=True, timeout=300,
+        )
+
+    typo = run_cli("loss.lamda_img=1")
+    assert typo.returncode != 0 and "lamda_img" in typo.stderr and len(typo.stderr.splitlines()) < 10
+    group = run_cli("captioner=blib")
+    assert group.returncode != 0 and "tiny_blip" in group.stderr  # lists what is available
+    missing = run_cli("data=coco", f"paths.coco={tmp_path}/nowhere")
+    assert missing.returncode == 2
+    assert "dataset_coco.json" in missing.stderr and "Traceback" not in missing.stderr
