@@ -63,9 +63,10 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: 
 
 
 class ReconModule(L.LightningModule):
-    def __init__(self, captioner, generator, loss=None, optim=None, seed: int = 0):
+    def __init__(self, captioner, generator, loss=None, optim=None, seed: int = 0, max_nonfinite_steps: int = 10):
         super().__init__()
         self.seed = seed
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.captioner = captioner
         self.generator = generator
         self.loss_cfg = LossConfig.coerce(loss)
@@ -76,6 +77,9 @@ class ReconModule(L.LightningModule):
         # Checkpoints hold the trainable parameters only; the frozen base comes from its source.
         self.strict_loading = False
         self._bad_samples = 0
+        self._nonfinite_total = 0
+        self._nonfinite_run = 0  # consecutive
+        self._skip_step = False
 
     # -- parameters -------------------------------------------------------------------------------
     def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -93,10 +97,43 @@ class ReconModule(L.LightningModule):
             self.captioner, self.generator, self.bridge, batch, self.loss_cfg, batch_idx, rng=self._step_rng()
         )
         b = len(batch["caption"])
+        loss = self._guard_nonfinite(out)
         for name, value in out.items():
             self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "loss")
         self.log("data/bad_samples", float(self._bad_samples), batch_size=b)
-        return out["loss"]
+        self.log("train/nonfinite_steps", float(self._nonfinite_total), batch_size=b)
+        return loss
+
+    def _guard_nonfinite(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A non-finite loss on any rank skips the optimizer step on every rank, and is counted;
+        `max_nonfinite_steps` in a row stop training.
+
+        The step still runs backward on a zero loss that touches every trainable parameter, so
+        DDP's gradient all-reduce stays in step across ranks; the gradients are then dropped in
+        `on_before_optimizer_step`, so neither the moments nor weight decay move.
+        """
+        finite = bool(torch.isfinite(out["loss"].detach()).item())
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            self._nonfinite_run = 0
+            return out["loss"]
+        self._nonfinite_total += 1
+        self._nonfinite_run += 1
+        self._skip_step = True
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items() if k.startswith("loss_"))
+        log.warning("non-finite loss at step %d (%s): step skipped", self.global_step, terms)
+        if self._nonfinite_run >= self.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{self._nonfinite_run} consecutive non-finite losses (last: {terms}); stopping. "
+                "Lower the learning rates, use bf16-mixed instead of 16-mixed, or raise max_nonfinite_steps."
+            )
+        return sum(p.sum() for p in self.trainable_named_parameters().values()) * 0.0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._skip_step:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._skip_step = False
 
     def _step_rng(self) -> torch.Generator:
         """Timesteps and noise of a training batch drawn from (seed, batch number, rank).
@@ -162,7 +199,8 @@ class ReconModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = set(self.trainable_named_parameters())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["bad_samples"] = self._bad_samples  # the data position is the data module's state
+        # The data position itself is the data module's state.
+        checkpoint["counters"] = {"bad_samples": self._bad_samples, "nonfinite_steps": self._nonfinite_total}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = set(self.trainable_named_parameters()) - set(checkpoint["state_dict"])
@@ -171,4 +209,6 @@ class ReconModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} trainable parameters (e.g. {sorted(missing)[0]}): "
                 "was it written with the same adapter configuration?"
             )
-        self._bad_samples = checkpoint.get("bad_samples", 0)
+        counters = checkpoint.get("counters", {})
+        self._bad_samples = counters.get("bad_samples", 0)
+        self._nonfinite_total = counters.get("nonfinite_steps", 0)

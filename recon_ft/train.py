@@ -37,6 +37,7 @@ def build_module(cfg: DictConfig) -> ReconModule:
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         seed=cfg.seed,
+        max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),
     )
 
 
