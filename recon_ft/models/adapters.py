@@ -41,6 +41,8 @@ def save_generator_adapter(generator, directory: str | Path) -> None:
     for name, module in (("unet", generator.unet), ("text_encoder", generator.text_encoder)):
         if getattr(module, "peft_config", None):
             lora[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+            # Rank, alpha and targets travel with the weights: without them loaders assume alpha = r.
+            lora[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
     if lora:
         StableDiffusionPipeline.save_lora_weights(directory, safe_serialization=True, **lora)
     full = {}
