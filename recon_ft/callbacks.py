@@ -19,10 +19,12 @@ class ExportAdapters(L.Callback):
     def __init__(self, dirpath: str, on_checkpoint: bool = True):
         self.dirpath = Path(dirpath)
         self.on_checkpoint = on_checkpoint
+        self._exported_step = None
 
     def export(self, trainer: L.Trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self._exported_step == trainer.global_step:
             return
+        self._exported_step = trainer.global_step
         save_captioner_adapter(pl_module.captioner, self.dirpath / "captioner")
         save_generator_adapter(pl_module.generator, self.dirpath / "generator")
         log.info("adapters written to %s (step %d)", self.dirpath, trainer.global_step)
