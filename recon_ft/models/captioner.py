@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recon_ft.utils import is_rank_zero
-from recon_ft.models.lora import AdapterSpec, critic_call, unfreeze_modules
+from recon_ft.models.lora import AdapterSpec, critic_call, critic_checkpoint_context, unfreeze_modules
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,9 @@ class BlipCaptioner(nn.Module):
         self.processor.save_pretrained(directory)
 
     def enable_gradient_checkpointing(self) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        """Checkpoint the ViT and text decoder layers (in train mode only, as transformers does)."""
+        kwargs = {"use_reentrant": False, "context_fn": critic_checkpoint_context(self.model)}
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_blip(
@@ -195,7 +197,6 @@ def build_blip(
             size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
         )
         processor = BlipProcessor(image_processor=image_processor, tokenizer=blip_tokenizer())
-    model.eval()  # dropout off; Lightning's train() re-enables LoRA dropout where configured
     captioner = BlipCaptioner(model, processor, prompt=prompt, max_length=max_length)
     if save_base_to and not pretrained and is_rank_zero():
         captioner.save_base(save_base_to)

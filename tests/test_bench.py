@@ -1,0 +1,195 @@
+"""The benchmark (python -m recon_ft.bench): a smoke run at tiny size, the same maths in the Lightning
+and the plain loop, the real-architecture presets, and the tiny cycle decoder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from recon_ft import bench
+
+
+@pytest.fixture(scope="module")
+def module():
+    return bench.build_module(bench.SIZES["tiny"])
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+PHASE_FIELDS = (
+    "steps_timed",
+    "step_time_s",
+    "step_time_median_s",
+    "steps_per_s",
+    "samples_per_s",
+    "peak_memory_bytes",
+    "batch_size",
+)
+
+
+def test_smoke_tiny_run_reports_every_field(tmp_path):
+    threads = torch.get_num_threads()
+    try:  # one thread: robust to other processes on a small machine (see bench.setup_runtime)
+        result = bench.run_benchmark(
+            size="tiny", batch_size=2, steps=2, warmup=0, rounds=1, device="cpu", threads=1, log=lambda *_: None
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out = bench.write(result, tmp_path)
+    result = json.loads((out / "bench.json").read_text())  # what a reader of the file gets
+    assert "| phase |" in (out / "bench.md").read_text()
+
+    expected = {
+        "gen_step", "cap_step", "joint_plain", "joint_lightning", "reference",
+        "joint_no_i2t2i", "joint_no_t2i2t", "joint_plain_tiny_decoder", "joint_no_i2t2i_tiny_decoder",
+    }  # fmt: skip
+    assert set(result["phases"]) == expected
+    for name, phase in result["phases"].items():
+        assert "error" not in phase, name
+        for key in PHASE_FIELDS:
+            assert _positive_finite(phase[key]), (name, key, phase.get(key))
+        assert phase["peak_memory_delta_bytes"] >= 0
+    for name in ("joint_plain", "joint_lightning", "reference", "joint_plain_tiny_decoder"):
+        assert _positive_finite(result["phases"][name]["complete_samples_per_s"]), name
+    # A sample of the reference schedule is complete after two batch-1 steps.
+    ref = result["phases"]["reference"]
+    assert ref["complete_samples_per_s"] == pytest.approx(ref["steps_per_s"] / 2)
+    assert ref["steps_timed"] % bench.REFERENCE_ACCUMULATION == 0
+
+    assert set(result["ratios"]) == {
+        "lightning_overhead", "joint_vs_reference", "tiny_decoder_speedup", "joint_tiny_decoder_vs_reference",
+    }  # fmt: skip
+    for name, ratio in result["ratios"].items():
+        assert _positive_finite(ratio["value"]) and _positive_finite(ratio["value_median"]), name
+    for decoder in ("full_decoder", "tiny_decoder"):
+        shares = result["term_shares"][decoder]
+        assert set(shares["terms"]) == {"cap", "gen", "i2t2i", "t2i2t", "rest"}
+        assert all(math.isfinite(v["seconds"]) for v in shares["terms"].values())
+        total = sum(v["seconds"] for v in shares["terms"].values())
+        assert total == pytest.approx(shares["joint_step_s"])
+    meta = result["meta"]
+    assert meta["torch"] == torch.__version__ and meta["cpu"] and meta["date"]
+    assert result["memory_check"] is None  # real size only
+
+
+def _trainable(module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
+
+
+def _restore(module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+def test_plain_loop_does_the_same_maths_as_lightning(module):
+    """Two steps of (c) and of (d) from the same weights, batches and seed: the same update."""
+    batches = bench.fake_batches(module.captioner, module.generator, batch_size=2, n=2)
+    kw = dict(steps=1, warmup=0, device=torch.device("cpu"), seed=3)  # warmup + steps + 1 = 2 steps
+    start = _trainable(module)
+
+    bench.run_lightning(module, batches, **kw)
+    after_lightning = _trainable(module)
+    _restore(module, start)
+    bench.run_plain(module, batches, module.loss_cfg, **kw)
+    after_plain = _trainable(module)
+    _restore(module, start)
+
+    moved = 0
+    for k in start:
+        d_lightning, d_plain = after_lightning[k] - start[k], after_plain[k] - start[k]
+        # AdamW moves each weight by about lr = 1e-4 a step: agree to 1% of a step
+        torch.testing.assert_close(d_plain, d_lightning, rtol=0, atol=1e-6, msg=k)
+        moved += int(d_lightning.abs().max() > 1e-5)
+    assert moved > len(start) // 2, "most adapter tensors should have moved"
+
+
+def test_plain_loop_accumulates_then_steps(module):
+    """The reference loop steps the optimizer every 8 batch-1 micro-steps, not before."""
+    batches = bench.fake_batches(module.captioner, module.generator, batch_size=1, n=2)
+    start = _trainable(module)
+    bench.run_plain(module, batches, bench.REFERENCE, steps=5, warmup=0, device=torch.device("cpu"), accumulate=8)
+    assert all(torch.equal(start[k], v) for k, v in _trainable(module).items())  # 6 micro-steps: no update
+    bench.run_plain(module, batches, bench.REFERENCE, steps=7, warmup=0, device=torch.device("cpu"), accumulate=8)
+    assert any(not torch.equal(start[k], v) for k, v in _trainable(module).items())
+    _restore(module, start)
+
+
+def test_real_architectures_have_the_released_sizes():
+    """Built on the meta device (no memory, no init): parameter counts of the released checkpoints."""
+    from transformers import BlipForConditionalGeneration
+
+    from recon_ft.models import arch
+
+    with torch.device("meta"):
+        parts = arch.sd15_arch()
+        blip = BlipForConditionalGeneration(arch.blip_base_arch())
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    assert count(parts["unet"]) == 859_520_964
+    assert count(parts["vae"]) == 83_653_863
+    assert count(parts["text_encoder"]) == 123_060_480
+    assert count(blip) == 223_971_644  # ViT-B/16 86.1M + BERT-base decoder with cross-attention 137.9M
+    assert parts["unet"].config.cross_attention_dim == 768 and parts["unet"].config.sample_size * 8 == 512
+    assert blip.config.vision_config.image_size == 384 and blip.config.text_config.vocab_size == 30524
+    with pytest.raises(ValueError, match="unknown arch"):
+        arch.generator_arch("sdxl")
+
+
+def test_tiny_cycle_decoder(tmp_path):
+    from recon_ft.models.generator import build_cycle_decoder, build_stable_diffusion
+
+    generator = build_stable_diffusion(tiny={"sample_size": 32}, cycle_decoder="tiny")
+    assert generator.cycle_decoder is not None
+    assert not any(p.requires_grad for p in generator.cycle_decoder.parameters())
+    z = torch.randn(3, 4, 16, 16, requires_grad=True)
+    x = generator.decode_latents(z)
+    assert x.shape == (3, 3, 32, 32) and torch.isfinite(x).all()
+    x.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0  # the text cycle backpropagates through it
+
+    # One row at a time (set by gradient checkpointing) decodes the same images.
+    generator.enable_gradient_checkpointing()
+    torch.testing.assert_close(generator.decode_latents(z), x, atol=1e-5, rtol=1e-4)
+
+    # A saved TAESD-format decoder loads through `cycle_decoder_pretrained` and decodes the same.
+    generator.cycle_decoder.save_pretrained(tmp_path / "taesd")
+    loaded = build_stable_diffusion(
+        tiny={"sample_size": 32}, cycle_decoder="tiny", cycle_decoder_pretrained=str(tmp_path / "taesd")
+    )
+    torch.testing.assert_close(loaded.decode_latents(z.detach()), x.detach())
+
+    with pytest.raises(ValueError, match="full or tiny"):
+        build_cycle_decoder("taesd", generator.vae)
+
+
+def test_gradient_checkpointing_changes_no_gradient(module):
+    """The real-size runs checkpoint the UNet, the decoder (row by row) and BLIP, also in the critic
+    passes (torch.func.functional_call): the gradients must be those of the plain graph."""
+    from recon_ft.objective import compute_losses
+
+    ckpt = bench.build_module(bench.SIZES["tiny"], gradient_checkpointing=True)
+    _restore(ckpt, _trainable(module))  # LoRA A is drawn from the global RNG: same adapters in both
+    batch = bench.fake_batches(module.captioner, module.generator, batch_size=2, n=1)[0]
+    grads = []
+    for m in (module, ckpt):
+        m.train()  # transformers checkpoints in train mode only
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        rng = torch.Generator().manual_seed(1)
+        out = compute_losses(m.captioner, m.generator, m.bridge, batch, bench.JOINT, rng=rng)
+        out["loss"].backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad and p.grad is not None})
+        m.zero_grad(set_to_none=True)
+    assert ckpt.generator.decode_chunk == 1 and ckpt.generator.unet.is_gradient_checkpointing
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 0
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-7, msg=k)
