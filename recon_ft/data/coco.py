@@ -13,16 +13,13 @@ sentences are dropped; an image left with none is left out and recorded in `bad_
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
+from recon_ft.data.indexed import IndexedCaptions
 from recon_ft.data.sampler import pick_reference, unpack_key
 
-log = logging.getLogger(__name__)
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 
@@ -46,7 +43,7 @@ def require_dir(path: str | Path, what: str) -> Path:
     return path
 
 
-class KarpathyCaptions(Dataset):
+class KarpathyCaptions(IndexedCaptions):
     """Images of the given Karpathy splits with all their reference sentences.
 
     Sample: {"id": cocoid (Flickr30k: imgid, else filename), "image": path (str),
@@ -94,16 +91,7 @@ class KarpathyCaptions(Dataset):
                 break
         if not self.items:
             raise ValueError(f"{name}: no usable images in splits {list(splits)}")
-        if self.bad_at_index:
-            log.warning("%s: left out %d images without a caption (first: %s)", name,
-                        len(self.bad_at_index), self.bad_at_index[0][0])
-
-    @property
-    def num_bad_at_index(self) -> int:
-        return len(self.bad_at_index)
-
-    def __len__(self) -> int:
-        return len(self.items)
+        self.report_left_out(name, "images without a caption")
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, epoch = unpack_key(key)

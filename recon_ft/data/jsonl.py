@@ -9,18 +9,14 @@ Blank lines are ignored; a line with an empty caption is left out and recorded i
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
+from recon_ft.data.indexed import IndexedCaptions
 from recon_ft.data.sampler import unpack_key
 
-log = logging.getLogger(__name__)
 
-
-class JsonlCaptions(Dataset):
+class JsonlCaptions(IndexedCaptions):
     """Sample: {"id": line number (1-based), "image": path (str), "caption": str, "references": [caption]}."""
 
     def __init__(self, path: str | Path, limit: int | None = None):
@@ -54,16 +50,7 @@ class JsonlCaptions(Dataset):
                     break
         if not self.items:
             raise ValueError(f"{self.path.name}: no usable lines")
-        if self.bad_at_index:
-            log.warning("%s: left out %d lines with an empty caption (first: %s)", self.path.name,
-                        len(self.bad_at_index), self.bad_at_index[0][0])
-
-    @property
-    def num_bad_at_index(self) -> int:
-        return len(self.bad_at_index)
-
-    def __len__(self) -> int:
-        return len(self.items)
+        self.report_left_out(self.path.name, "lines with an empty caption")
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, _ = unpack_key(key)

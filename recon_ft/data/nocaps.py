@@ -8,23 +8,20 @@ NoCaps results are reported per domain, so every sample carries "domain".
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from recon_ft.data.coco import read_json, require_dir
+from recon_ft.data.indexed import IndexedCaptions
 from recon_ft.data.sampler import pick_reference, unpack_key
 
-log = logging.getLogger(__name__)
 
 NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
 
 
-class NoCapsCaptions(Dataset):
+class NoCapsCaptions(IndexedCaptions):
     """NoCaps images (optionally only some domains) with their reference captions.
 
     Sample: {"id": image id (int), "image": path (str), "caption": one reference chosen from
@@ -75,16 +72,7 @@ class NoCapsCaptions(Dataset):
                 break
         if not self.items:
             raise ValueError(f"{name}: no usable images in domains {list(domains)}")
-        if self.bad_at_index:
-            log.warning("%s: left out %d images without a caption (first: %s)", name,
-                        len(self.bad_at_index), self.bad_at_index[0][0])
-
-    @property
-    def num_bad_at_index(self) -> int:
-        return len(self.bad_at_index)
-
-    def __len__(self) -> int:
-        return len(self.items)
+        self.report_left_out(name, "images without a caption")
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, epoch = unpack_key(key)
