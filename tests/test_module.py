@@ -1,0 +1,52 @@
+"""The LightningModule's optimizer pieces: LR schedule, per-model parameter groups and clipping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recon_ft.module import OptimConfig, ReconModule, lr_lambda
+from tests.conftest import tiny_pair
+
+
+def test_lr_schedule_warmup_then_cosine_or_constant():
+    f = lr_lambda("cosine", warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway: 0.55
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    g = lr_lambda("constant", warmup_steps=0, total_steps=10)
+    assert g(0) == g(9) == 1.0
+
+
+def test_optim_config_validates():
+    with pytest.raises(ValueError, match="optim.schedule"):
+        OptimConfig.coerce({"schedule": "linear"})
+    with pytest.raises(TypeError):
+        OptimConfig.coerce({"captioner": {"learning_rate": 1e-4}})
+
+
+def test_param_groups_and_per_model_clipping():
+    captioner, generator = tiny_pair()
+    optim = {"captioner": {"lr": 1e-3, "weight_decay": 0.0, "grad_clip": None},
+             "generator": {"lr": 5e-4, "weight_decay": 0.01, "grad_clip": 0.5}}
+    module = ReconModule(captioner, generator, optim=optim)
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert (groups["captioner"]["lr"], groups["generator"]["lr"]) == (1e-3, 5e-4)
+    assert (groups["captioner"]["weight_decay"], groups["generator"]["weight_decay"]) == (0.0, 0.01)
+    assert {id(p) for p in groups["captioner"]["params"]} == {id(p) for p in captioner.parameters() if p.requires_grad}
+    assert {id(p) for p in groups["generator"]["params"]} == {id(p) for p in generator.parameters() if p.requires_grad}
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.full_like(p, 10.0)
+    module.configure_gradient_clipping(optimizer)
+
+    def norm(params):
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])).item()
+
+    assert norm(groups["generator"]["params"]) == pytest.approx(0.5, rel=1e-4)  # clipped to its own norm
+    assert norm(groups["captioner"]["params"]) > 10.0  # no clip configured: untouched
