@@ -39,6 +39,14 @@ def _save(image: Image.Image, path: Path) -> None:
         image.save(path)
 
 
+def _write(image, path: Path, kind: str | None) -> None:
+    """The image as a file, a truncated file (kind "corrupt") or nothing (kind "missing")."""
+    if kind == "corrupt":
+        _save_truncated(image, path)
+    elif kind != "missing":
+        _save(image, path)
+
+
 def _save_truncated(image: Image.Image, path: Path) -> None:
     """A JPEG cut to half its bytes: the header parses, decoding fails."""
     buffer = io.BytesIO()
@@ -77,10 +85,7 @@ def write_coco_karpathy(root: str | Path, n_per_split: int = 2, flickr: bool = F
         image, readings = _scene_image(seed, synthetic_split[split], index, image_size)
         references = _n_refs(readings, COCO_CAPTIONS_PER_IMAGE) if references is None else references
         path = image_root / filepath / filename
-        if kind == "corrupt":
-            _save_truncated(image, path)
-        elif kind != "missing":
-            _save(image, path)
+        _write(image, path, kind)
         if kind is not None:
             paths[kind] = path
         sentences = [{"tokens": r.lower().split(), "raw": r, "imgid": imgid, "sentid": sentid + k}
@@ -125,10 +130,7 @@ def write_nocaps(root: str | Path, n_per_domain: int = 2, *, seed: int = 0, imag
         open_images_id = f"{0x0013EA2087020901 + image_id:016x}"
         file_name = f"{open_images_id}.jpg"
         path = image_root / file_name
-        if kind == "corrupt":
-            _save_truncated(image, path)
-        elif kind != "missing":
-            _save(image, path)
+        _write(image, path, kind)
         if kind is not None:
             paths[kind] = path
         images.append({"id": image_id, "file_name": file_name, "open_images_id": open_images_id,
@@ -159,10 +161,7 @@ def write_jsonl(root: str | Path, n: int = 4, *, seed: int = 0, image_size: int 
     for i, kind in enumerate(plan):
         image, readings = _scene_image(seed, "train", i, image_size)
         rel = f"images/{i:05d}.{'jpg' if kind == 'corrupt' else 'png'}"
-        if kind == "corrupt":
-            _save_truncated(image, root / rel)
-        elif kind != "missing":
-            _save(image, root / rel)
+        _write(image, root / rel, kind)
         if kind is not None:
             paths[kind] = root / rel
         lines.append(json.dumps({"image": rel, "caption": "" if kind == "empty_caption" else readings[0]}))

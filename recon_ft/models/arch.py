@@ -10,7 +10,7 @@ are for measuring speed and memory, not for training.
 
 from __future__ import annotations
 
-from recon_ft.models.tiny import BLIP_VOCAB_SIZE, CLIP_VOCAB_SIZE
+from recon_ft.models.tiny import BLIP_VOCAB_SIZE, CLIP_VOCAB_SIZE, sd_v1_scheduler_config
 
 
 def blip_base_arch():
@@ -121,21 +121,6 @@ def sd15_text_config():
     )
 
 
-def sd15_scheduler_config() -> dict:
-    """PNDMScheduler config of stable-diffusion-v1-5 (scheduler/scheduler_config.json; its
-    `clip_sample: false` is not a PNDMScheduler argument, and diffusers drops it on loading too)."""
-    return dict(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-
-
 def sd15_arch() -> dict:
     """Random-init Stable Diffusion v1.5 parts: vae, unet, text_encoder, scheduler (no tokenizer)."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
@@ -145,7 +130,7 @@ def sd15_arch() -> dict:
         vae=AutoencoderKL(**sd15_vae_config()),
         unet=UNet2DConditionModel(**sd15_unet_config()),
         text_encoder=CLIPTextModel(sd15_text_config()),
-        scheduler=PNDMScheduler(**sd15_scheduler_config()),
+        scheduler=PNDMScheduler(**sd_v1_scheduler_config()),
     )
 
 

@@ -83,14 +83,23 @@ def tiny_sd_components(sample_size: int = 32, cross_attention_dim: int = 32, pre
             pad_token_id=49407,
         )
     )
-    # Stable Diffusion v1's schedule (scaled-linear betas, 1,000 steps) with its default sampler; the
-    # training scheduler (DDPM) is made from this config, as diffusers' training scripts do.
-    scheduler = PNDMScheduler(
+    # Stable Diffusion v1's schedule and sampler; the training scheduler (DDPM) is made from this
+    # config, as diffusers' training scripts do.
+    scheduler = PNDMScheduler(**sd_v1_scheduler_config(prediction_type))
+    return dict(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler)
+
+
+def sd_v1_scheduler_config(prediction_type: str = "epsilon") -> dict:
+    """PNDMScheduler config of Stable Diffusion v1 (scheduler/scheduler_config.json: scaled-linear
+    betas, 1,000 steps; its `clip_sample: false` is not a PNDMScheduler argument, and diffusers
+    drops it on loading too)."""
+    return dict(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
         skip_prk_steps=True,
+        steps_offset=1,
         prediction_type=prediction_type,
     )
-    return dict(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler)
