@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 
+from recon_ft.frozen_cache import CacheConfig, FrozenCache
 from recon_ft.models.bridge import VocabBridge
 from recon_ft.objective import LossConfig, compute_losses
 
@@ -62,8 +63,22 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return f
 
 
+def build_frozen_cache(cfg, generator) -> FrozenCache | None:
+    """The cache of frozen computations a `frozen_cache` config asks for, or None."""
+    cfg = CacheConfig.coerce(cfg)
+    if not cfg.enabled:
+        return None
+    if cfg.text_states and any(p.requires_grad for p in generator.text_encoder.parameters()):
+        raise ValueError(
+            "frozen_cache.text_states: the text encoder trains (generator.text_encoder_adapter), so its "
+            "states change every step; cache them only with text_encoder_adapter.mode=frozen"
+        )
+    return FrozenCache(cfg)
+
+
 class ReconModule(L.LightningModule):
-    def __init__(self, captioner, generator, loss=None, optim=None, seed: int = 0, max_nonfinite_steps: int = 10):
+    def __init__(self, captioner, generator, loss=None, optim=None, seed: int = 0, max_nonfinite_steps: int = 10,
+                 frozen_cache=None):
         super().__init__()
         self.seed = seed
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -74,6 +89,7 @@ class ReconModule(L.LightningModule):
         self.bridge = VocabBridge.from_tokenizers(
             captioner.tokenizer, generator.tokenizer, fallback=self.loss_cfg.bridge_fallback
         )
+        self.frozen_cache = build_frozen_cache(frozen_cache, generator)
         # Checkpoints hold the trainable parameters only; the frozen base comes from its source.
         self.strict_loading = False
         self._bad_samples = 0
@@ -94,7 +110,8 @@ class ReconModule(L.LightningModule):
         if not batch["caption"]:  # every sample of this batch was bad (and skipped)
             return None
         out = compute_losses(
-            self.captioner, self.generator, self.bridge, batch, self.loss_cfg, batch_idx, rng=self._step_rng()
+            self.captioner, self.generator, self.bridge, batch, self.loss_cfg, batch_idx, rng=self._step_rng(),
+            cache=self.frozen_cache,
         )
         b = len(batch["caption"])
         loss = self._guard_nonfinite(out)
@@ -102,6 +119,9 @@ class ReconModule(L.LightningModule):
             self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "loss")
         self.log("data/bad_samples", float(self._bad_samples), batch_size=b)
         self.log("train/nonfinite_steps", float(self._nonfinite_total), batch_size=b)
+        if self.frozen_cache is not None:
+            for name, value in self.frozen_cache.stats().items():
+                self.log(f"cache/{name}", value, batch_size=b)
         return loss
 
     def _guard_nonfinite(self, out: dict[str, torch.Tensor]) -> torch.Tensor:

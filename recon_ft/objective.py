@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from recon_ft import losses as L
+from recon_ft.frozen_cache import FrozenCache
 
 
 @dataclass
@@ -66,12 +67,15 @@ def compute_losses(
     cfg: LossConfig,
     batch_idx: int = 0,
     rng: torch.Generator | None = None,
+    cache: FrozenCache | None = None,
 ) -> dict[str, torch.Tensor]:
     """Named losses of one batch: `loss` (the weighted total), `loss_<term>` per computed term and
     `bridge_mass` (share of the soft caption's probability mass on exactly matched tokens).
 
     `rng` draws the latent sample, timesteps and noise: the trainer passes one seeded by the batch's
-    position (exact resume), validation a fixed one (comparable losses).
+    position (exact resume), validation a fixed one (comparable losses). `cache` (training only)
+    looks up the VAE posteriors of `batch["id"]` and the text-encoder states of the captions
+    instead of recomputing them, where it holds them (recon_ft.frozen_cache).
     """
     w = cfg.weights(batch_idx)
     captions = batch["caption"]
@@ -80,7 +84,8 @@ def compute_losses(
     out: dict[str, torch.Tensor] = {}
     critic = cfg.cycle_grads == "own"
 
-    tokens = captioner.tokenize(captions, device)
+    if w["cap"] or w["i2t2i"] or w["t2i2t"]:
+        tokens = captioner.tokenize(captions, device)
     if w["cap"] or w["i2t2i"]:
         logits = captioner.logits(batch["image_cap"], tokens)  # (B, L, V_C)
         if w["cap"]:
@@ -88,7 +93,13 @@ def compute_losses(
 
     if w["gen"] or w["i2t2i"] or w["t2i2t"]:
         with torch.no_grad():
-            z0 = generator.encode_images(image_gen, rng)  # (B, 4, h, w), frozen VAE
+            if cache is not None and cache.enabled("latents"):
+                moments = cache.lookup(
+                    "latents", _ids(batch), lambda rows: generator.encode_moments(image_gen[rows]), device
+                )
+            else:
+                moments = generator.encode_moments(image_gen)  # (B, 2C, h, w), frozen VAE
+            z0 = generator.sample_latents(moments, rng)  # (B, C, h, w)
         t = torch.randint(0, generator.num_train_timesteps, (z0.shape[0],), generator=rng, device=device)
         noise = torch.randn(z0.shape, generator=rng, device=device, dtype=z0.dtype)
         alpha_bar = generator.alphas_cumprod.to(device)[t]  # (B,)
@@ -97,7 +108,15 @@ def compute_losses(
         snr_w = L.min_snr_weights(alpha_bar, cfg.min_snr_gamma, generator.prediction_type) if cfg.min_snr_gamma else None
 
     if w["gen"] or w["t2i2t"]:
-        cond = generator.encode_text(generator.tokenize(captions, device))  # (B, 77, D)
+        if cache is not None and cache.enabled("text_states"):
+            cond = cache.lookup(
+                "text_states",
+                captions,
+                lambda rows: generator.encode_text(generator.tokenize([captions[i] for i in rows], device)),
+                device,
+            )
+        else:
+            cond = generator.encode_text(generator.tokenize(captions, device))  # (B, 77, D)
         pred = generator.denoise(zt, t, cond)  # (B, 4, h, w)
         if w["gen"]:
             out["loss_gen"] = L.generation_loss(pred, target, snr_w)
@@ -128,3 +147,10 @@ def compute_losses(
 
     out["loss"] = sum(w[name[5:]] * value for name, value in out.items() if name.startswith("loss_"))
     return out
+
+
+def _ids(batch: dict) -> list:
+    ids = batch.get("id")
+    if ids is None or len(ids) != len(batch["caption"]):
+        raise ValueError("frozen_cache.latents: batches need an 'id' per sample (the data module's batches have one)")
+    return list(ids)

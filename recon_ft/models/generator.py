@@ -111,9 +111,20 @@ class StableDiffusionGenerator(nn.Module):
     def encode_images(self, images: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> scaled latents z0 = s E(x), (B, 4, H/f, W/f), sampled from the
         VAE posterior with `rng`."""
+        return self.sample_latents(self.encode_moments(images), rng)
+
+    def encode_moments(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> the VAE posterior's parameters (B, 2C, H/f, W/f): mean and
+        log-variance stacked on channels, unscaled. A function of the image alone (cacheable)."""
         with torch.autocast(images.device.type, enabled=False):
-            dist = self.vae.encode(images.to(self.vae_dtype)).latent_dist
-            return dist.sample(generator=rng) * self.latent_scale
+            return self.vae.encode(images.to(self.vae_dtype)).latent_dist.parameters
+
+    def sample_latents(self, moments: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior parameters (B, 2C, h, w) -> scaled latents s (mean + std eps), (B, C, h, w)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        with torch.autocast(moments.device.type, enabled=False):
+            return DiagonalGaussianDistribution(moments).sample(generator=rng) * self.latent_scale
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images (B, 3, H, W), roughly in [-1, 1] (not clamped)."""
