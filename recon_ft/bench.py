@@ -10,15 +10,18 @@ One process builds one captioner + generator pair and measures, on the same mode
                        zero_grad (test_bench checks that (c) and (d) make the same updates)
   reference        (e) the reference implementation's schedule: batch 1, one direction per step
                        (even: L_gen + L_t2i2t, odd: L_cap + L_i2t2i), gradient accumulation 8
+  joint_plain_cached   (d) with the VAE posteriors and text-encoder states read from a full
+                       FrozenCache (the `frozen_cache` option from the second epoch on)
 
 and the joint step's time per loss term, with the VAE decoder and with the tiny (TAESD) decoder.
 
 Timing. Every step is timed from one step's start to the next one's (a full period: data loading,
 host-to-device copy, forward, backward, clipping, optimizer and, for (c), all of Lightning's
 bookkeeping between steps); the first `--warmup` steps are not timed, and one last step runs
-untimed to close the window. On CUDA each timestamp follows a torch.cuda.synchronize(). (c) and
-(d) run in alternating rounds (`--rounds`) so that drift of the machine hits both alike. Ratios
-come from mean step times and, robust to bursts of other load on a shared machine, from medians.
+untimed to close the window. On CUDA each timestamp follows a torch.cuda.synchronize(). (c), (d)
+and (e) run in alternating rounds (`--rounds`) so that drift of the machine hits them alike. Ratios
+come from mean step times, from medians (robust to bursts of other load on a shared machine) and,
+for (c)/(d) and (c) over (e), as the median over rounds of each round's ratio ("paired").
 On a CPU of 2 cores or fewer one thread is used unless `--threads` says otherwise (setup_runtime).
 
 Memory. CUDA: torch.cuda.max_memory_allocated() over the phase (tensors, weights included), and
@@ -57,6 +60,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from recon_ft.frozen_cache import FrozenCache
 from recon_ft.objective import LossConfig, compute_losses
 
 # -- what is measured ------------------------------------------------------------------------------
@@ -123,7 +127,7 @@ CAPTIONS = [
 
 
 def fake_batches(captioner, generator, batch_size: int, n: int = 4, seed: int = 0) -> list[dict]:
-    """`n` distinct batches shaped like the datamodule's: both image views, captions, references."""
+    """`n` distinct batches shaped like the datamodule's: both image views, captions, references, ids."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
@@ -137,6 +141,7 @@ def fake_batches(captioner, generator, batch_size: int, n: int = 4, seed: int = 
                 "image_cap": image_cap,
                 "caption": captions,
                 "references": [[c] for c in captions],
+                "id": [f"{seed}-{i}-{j}" for j in range(batch_size)],
                 "n_bad": 0,
             }
         )
@@ -305,7 +310,8 @@ def run_plain(
         batch = to_device(batch, device)
         with autocast(device, precision):
             out = compute_losses(
-                module.captioner, module.generator, module.bridge, batch, loss_cfg, i, rng=step_rng(module, i)
+                module.captioner, module.generator, module.bridge, batch, loss_cfg, i, rng=step_rng(module, i),
+                cache=getattr(module, "frozen_cache", None),
             )
         # ReconModule.training_step's non-finite guard reads the loss on the host each step (a
         # device sync on a GPU); the plain loop does the same so that (c)/(d) is Lightning's cost.
@@ -550,6 +556,7 @@ def run_benchmark(
     log(f"measuring on {dev} at precision {precision}, batch {batch_size}, {warmup} + {steps} steps ...")
     run("gen_step", "(a) generator only: L_gen", plain(_only(w_gen=1.0)))
     run("cap_step", "(b) captioner only: L_cap", plain(_only(w_cap=1.0)))
+    reference = plain(REFERENCE, ref_batches, steps=ref_steps, warmup=ref_warmup, accumulate=acc)
     for _ in range(rounds):
         run("joint_plain", "(d) joint, 4 terms, plain PyTorch loop", plain(JOINT), complete=1.0)
         run(
@@ -558,13 +565,22 @@ def run_benchmark(
             lambda: run_lightning(module, batches, **common),
             complete=1.0,
         )
+        run(
+            "reference",
+            f"(e) reference schedule: batch {REFERENCE_BATCH}, alternating directions, accumulation {acc}",
+            reference,
+            batch=REFERENCE_BATCH,
+            complete=0.5,  # two steps of batch 1 apply all four terms to one sample's worth
+        )
+    # The cache is full after one pass over the distinct batches: warm up that long, time reads only.
+    module.frozen_cache = FrozenCache({"latents": True, "text_states": True})
     run(
-        "reference",
-        f"(e) reference schedule: batch {REFERENCE_BATCH}, alternating directions, accumulation {acc}",
-        plain(REFERENCE, ref_batches, steps=ref_steps, warmup=ref_warmup, accumulate=acc),
-        batch=REFERENCE_BATCH,
-        complete=0.5,  # two steps of batch 1 apply all four terms to one sample's worth
+        "joint_plain_cached",
+        "(d) with cached VAE posteriors and text-encoder states",
+        plain(JOINT, warmup=max(warmup, len(batches))),
+        complete=1.0,
     )
+    module.frozen_cache = None
     run("joint_no_i2t2i", "(d) without L_i2t2i", plain(replace(JOINT, lambda_img=0.0)), complete=None)
     run("joint_no_t2i2t", "(d) without L_t2i2t", plain(replace(JOINT, lambda_txt=0.0)), complete=None)
     _set_cycle_decoder(module, "tiny", dev, ckpt, decoders)
@@ -668,6 +684,11 @@ def ratios(phases: dict) -> dict:
             lambda k: _div(per_s("joint_lightning", k), per_s("reference", k)),
             {"target_min": {"tiny_cpu": 3.0, "real_gpu": 8.0}},
         ),
+        "joint_cached_vs_reference": (
+            "complete samples/s, plain loop with cached VAE posteriors and text states, over (e)",
+            lambda k: _div(per_s("joint_plain_cached", k), per_s("reference", k)),
+            {},
+        ),
         "tiny_decoder_speedup": (
             "(d) time per step, full over tiny decoder",
             lambda k: _div(time_of("joint_plain", k), time_of("joint_plain_tiny_decoder", k)),
@@ -684,12 +705,20 @@ def ratios(phases: dict) -> dict:
         value, median = fn("step_time_s"), fn("step_time_median_s")
         if value is not None:
             out[name] = {"value": value, "value_median": median, "what": what, **extra}
-    # (c) and (d) ran in alternating rounds: the median over rounds of each round's ratio cancels
-    # slow drift of the machine's other load.
-    c_rounds = (phases.get("joint_lightning") or {}).get("round_median_step_time_s") or []
-    d_rounds = (phases.get("joint_plain") or {}).get("round_median_step_time_s") or []
-    if "lightning_overhead" in out and c_rounds and len(c_rounds) == len(d_rounds):
-        out["lightning_overhead"]["value_paired"] = statistics.median([c / d for c, d in zip(c_rounds, d_rounds)])
+    # (c), (d) and (e) ran in alternating rounds: the median over rounds of each round's ratio
+    # cancels slow drift of the machine's other load.
+    rounds = {name: (phases.get(name) or {}).get("round_median_step_time_s") or [] for name in
+              ("joint_lightning", "joint_plain", "reference")}
+    c, d, e = rounds["joint_lightning"], rounds["joint_plain"], rounds["reference"]
+    if "lightning_overhead" in out and c and len(c) == len(d):
+        out["lightning_overhead"]["value_paired"] = statistics.median([ci / di for ci, di in zip(c, d)])
+    if "joint_vs_reference" in out and c and len(c) == len(e):
+        pc, pe = phases["joint_lightning"], phases["reference"]
+        # complete samples per step of (c) over those of (e): 8 / 0.5 at the defaults
+        per_step = (pc["complete_samples_per_s"] * pc["step_time_s"]) / (pe["complete_samples_per_s"] * pe["step_time_s"])
+        out["joint_vs_reference"]["value_paired"] = statistics.median(
+            [per_step * ei / ci for ci, ei in zip(c, e)]
+        )
     return out
 
 
@@ -827,7 +856,7 @@ def markdown(result: dict) -> str:
         f"torch {meta['torch']}, lightning {meta['lightning']}, diffusers {meta['diffusers']}, "
         f"transformers {meta['transformers']}; {meta['date']}.",
         f"Device {cfg['device']}, precision {cfg['precision']}, batch {cfg['batch_size']}, "
-        f"{cfg['warmup']} warmup + {cfg['steps']} timed steps, {cfg['rounds']} rounds of (c)/(d), "
+        f"{cfg['warmup']} warmup + {cfg['steps']} timed steps, {cfg['rounds']} rounds of (c)/(d)/(e), "
         f"gradient checkpointing {'on' if cfg['gradient_checkpointing'] else 'off'}. Memory: {cfg['memory_method']}.",
         *([f"Command: `{cfg['command']}`"] if cfg.get("command") else []),
         "",
@@ -853,9 +882,11 @@ def markdown(result: dict) -> str:
         elif "target_min" in r:
             target = ", ".join(f">= {v} ({k.replace('_', ' on ')})" for k, v in r["target_min"].items())
         lines.append(f"| {name}: {r['what']} | {r['value']:.3f} | {r['value_median']:.3f} | {target} |")
-    paired = result["ratios"].get("lightning_overhead", {}).get("value_paired")
-    if paired is not None:
-        lines += ["", f"Lightning overhead, median over the {cfg['rounds']} rounds of each round's ratio: {paired:.3f}"]
+    for name in ("lightning_overhead", "joint_vs_reference"):
+        paired = result["ratios"].get(name, {}).get("value_paired")
+        if paired is not None:
+            lines += ["", f"{name}, median over the {cfg['rounds']} rounds of (c), (d), (e) of each round's ratio: "
+                      f"{paired:.3f}"]
     for decoder, s in result["term_shares"].items():
         lines += [
             "",
@@ -900,7 +931,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (size preset's default)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="32 at tiny, bf16-mixed at real")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (d) and (c)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (d), (c) and (e)")
     parser.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None, help="on at real, off at tiny"
     )

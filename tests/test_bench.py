@@ -47,6 +47,7 @@ def test_smoke_tiny_run_reports_every_field(tmp_path):
     expected = {
         "gen_step", "cap_step", "joint_plain", "joint_lightning", "reference",
         "joint_no_i2t2i", "joint_no_t2i2t", "joint_plain_tiny_decoder", "joint_no_i2t2i_tiny_decoder",
+        "joint_plain_cached",
     }  # fmt: skip
     assert set(result["phases"]) == expected
     for name, phase in result["phases"].items():
@@ -54,7 +55,7 @@ def test_smoke_tiny_run_reports_every_field(tmp_path):
         for key in PHASE_FIELDS:
             assert _positive_finite(phase[key]), (name, key, phase.get(key))
         assert phase["peak_memory_delta_bytes"] >= 0
-    for name in ("joint_plain", "joint_lightning", "reference", "joint_plain_tiny_decoder"):
+    for name in ("joint_plain", "joint_lightning", "reference", "joint_plain_tiny_decoder", "joint_plain_cached"):
         assert _positive_finite(result["phases"][name]["complete_samples_per_s"]), name
     # A sample of the reference schedule is complete after two batch-1 steps.
     ref = result["phases"]["reference"]
@@ -62,10 +63,20 @@ def test_smoke_tiny_run_reports_every_field(tmp_path):
     assert ref["steps_timed"] % bench.REFERENCE_ACCUMULATION == 0
 
     assert set(result["ratios"]) == {
-        "lightning_overhead", "joint_vs_reference", "tiny_decoder_speedup", "joint_tiny_decoder_vs_reference",
+        "lightning_overhead", "joint_vs_reference", "joint_cached_vs_reference", "tiny_decoder_speedup",
+        "joint_tiny_decoder_vs_reference",
     }  # fmt: skip
     for name, ratio in result["ratios"].items():
         assert _positive_finite(ratio["value"]) and _positive_finite(ratio["value_median"]), name
+    # one round: the paired ratio is that round's ratio of medians
+    phases = result["phases"]
+    c, e = phases["joint_lightning"], phases["reference"]
+    assert result["ratios"]["joint_vs_reference"]["value_paired"] == pytest.approx(
+        (2 / 0.5) * e["step_time_median_s"] / c["step_time_median_s"]
+    )
+    assert result["ratios"]["lightning_overhead"]["value_paired"] == pytest.approx(
+        c["step_time_median_s"] / phases["joint_plain"]["step_time_median_s"]
+    )
     for decoder in ("full_decoder", "tiny_decoder"):
         shares = result["term_shares"][decoder]
         assert set(shares["terms"]) == {"cap", "gen", "i2t2i", "t2i2t", "rest"}
