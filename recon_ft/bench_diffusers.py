@@ -1,0 +1,225 @@
+"""Generator-only training, ours against diffusers' own LoRA text-to-image example, side by side.
+
+    python -m recon_ft.bench_diffusers --script path/to/diffusers/examples/text_to_image/train_text_to_image_lora.py
+
+Both programs train the same LoRA (rank 16, alpha 16, on to_q / to_k / to_v / to_out.0 of the
+UNet) with L_gen only, on the same tiny Stable Diffusion pipeline saved to disk and the same
+fabricated image-caption pairs, at the same batch size, learning rate (constant), weight decay,
+gradient clipping and precision, one process each, with the same number of CPU threads:
+
+  ours:      python train.py generator.pretrained=<pipeline> data=jsonl loss.w_cap=0 ... (Lightning)
+  diffusers: python <script> --pretrained_model_name_or_path <pipeline> --train_data_dir <images> ...
+
+The example script needs `accelerate` and `datasets` (pip install -e ".[bench]"); it is read from
+a diffusers checkout and never copied here.
+
+Timing: each program runs as a whole, twice, with `--short` and `--long` optimizer steps; the time
+per step is (wall time of the long run - wall time of the short one) / (long - short), so start-up
+(imports, model loading, data indexing) and the final save cancel out. Runs alternate between the
+programs, `--repeats` times; the median per-step time of each is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RANK = 16  # conf/generator/tiny_sd.yaml's UNet adapter (the example sets lora_alpha = rank)
+LEARNING_RATE = 1e-4
+WEIGHT_DECAY = 1e-2  # the example's default, and optim.generator.weight_decay of conf/train.yaml
+MAX_GRAD_NORM = 1.0  # the example's default, and optim.generator.grad_clip
+
+
+def prepare(workdir: Path, n_images: int = 64, seed: int = 0) -> dict[str, Path]:
+    """The tiny pipeline (diffusers layout) and the image-caption pairs, in both programs' formats:
+    captions.jsonl ({"image", "caption"}) for ours, images/metadata.jsonl ({"file_name", "text"}),
+    the `imagefolder` layout, for the example."""
+    import torch
+
+    from recon_ft.data.fabricate import write_jsonl
+    from recon_ft.models.generator import build_stable_diffusion
+
+    pipeline = workdir / "pipeline"
+    with torch.random.fork_rng():
+        generator = build_stable_diffusion(
+            tiny={"sample_size": 32, "cross_attention_dim": 32, "prediction_type": "epsilon"}, init_seed=seed
+        )
+    generator.save_base(pipeline)
+    data = write_jsonl(workdir / "data", n=n_images, seed=seed, image_size=generator.image_size)
+    images = data["jsonl"].parent / "images"
+    with data["jsonl"].open() as src, (images / "metadata.jsonl").open("w") as dst:
+        for line in src:
+            record = json.loads(line)
+            dst.write(json.dumps({"file_name": Path(record["image"]).name, "text": record["caption"]}) + "\n")
+    return {"pipeline": pipeline, "jsonl": data["jsonl"], "images": images, "resolution": generator.image_size}
+
+
+def ours_command(prep: dict, steps: int, batch_size: int, out: Path, device: str = "cpu") -> list[str]:
+    return [
+        sys.executable, str(ROOT / "train.py"),
+        f"run_dir={out}",
+        f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
+        f"trainer.max_steps={steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=10",
+        "callbacks.model_checkpoint.every_n_train_steps=1000000",
+        f"generator.pretrained={prep['pipeline']}",
+        "generator.tiny=null",
+        "generator.save_base_to=null",
+        f"generator.unet_adapter.r={RANK}",
+        f"generator.unet_adapter.alpha={RANK}",
+        "data=jsonl",
+        f"paths.jsonl={prep['jsonl']}",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        "data.caption_view.augment=none",
+        "loss.w_cap=0",
+        "loss.lambda_img=0",
+        "loss.lambda_txt=0",
+        f"optim.generator.lr={LEARNING_RATE}",
+        f"optim.generator.weight_decay={WEIGHT_DECAY}",
+        f"optim.generator.grad_clip={MAX_GRAD_NORM}",
+        "optim.schedule=constant",
+        "optim.warmup_steps=0",
+    ]  # fmt: skip
+
+
+def diffusers_command(script: Path, prep: dict, steps: int, batch_size: int, out: Path) -> list[str]:
+    return [
+        sys.executable, str(script),
+        f"--pretrained_model_name_or_path={prep['pipeline']}",
+        f"--train_data_dir={prep['images']}",
+        f"--resolution={prep['resolution']}",
+        "--center_crop",
+        f"--train_batch_size={batch_size}",
+        f"--max_train_steps={steps}",
+        f"--learning_rate={LEARNING_RATE}",
+        "--lr_scheduler=constant",
+        "--lr_warmup_steps=0",
+        f"--rank={RANK}",
+        f"--adam_weight_decay={WEIGHT_DECAY}",
+        f"--max_grad_norm={MAX_GRAD_NORM}",
+        "--mixed_precision=no",
+        "--dataloader_num_workers=0",
+        "--checkpointing_steps=1000000",
+        "--seed=0",
+        f"--output_dir={out}",
+        f"--cache_dir={out / 'hf_cache'}",
+    ]  # fmt: skip
+
+
+def run_timed(command: list[str], env: dict, log_path: Path) -> float:
+    """Wall seconds of one run; its output goes to `log_path`. Fails loudly, naming the log."""
+    t0 = time.perf_counter()
+    with log_path.open("w") as log:
+        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError(f"{command[1]} exited with {done.returncode}; see {log_path}:\n" + "\n".join(tail))
+    return seconds
+
+
+def compare(script: Path, workdir: Path, short: int, long: int, batch_size: int, repeats: int, threads: int,
+            device: str = "cpu", log=print) -> dict:
+    if not script.is_file():
+        raise FileNotFoundError(f"--script {script}: not found (diffusers' examples/text_to_image/train_text_to_image_lora.py)")
+    if long <= short:
+        raise ValueError(f"--long ({long}) must exceed --short ({short})")
+    workdir.mkdir(parents=True, exist_ok=True)
+    prep = prepare(workdir)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    programs = {
+        "ours": lambda steps, out: ours_command(prep, steps, batch_size, out, device),
+        "diffusers": lambda steps, out: diffusers_command(script, prep, steps, batch_size, out),
+    }
+    walls: dict[str, dict[int, list[float]]] = {name: {short: [], long: []} for name in programs}
+    for r in range(repeats):
+        for steps in (short, long):
+            for name, command in programs.items():
+                out = workdir / f"{name}_{steps}_{r}"
+                seconds = run_timed(command(steps, out), env, workdir / f"{name}_{steps}_{r}.log")
+                walls[name][steps].append(seconds)
+                log(f"  {name}, {steps} steps: {seconds:.1f} s")
+    result = {"config": {"short": short, "long": long, "batch_size": batch_size, "repeats": repeats,
+                         "threads": threads, "device": device, "rank": RANK, "resolution": prep["resolution"],
+                         "script": str(script)}, "programs": {}}
+    for name, w in walls.items():
+        per_step = [(b - a) / (long - short) for a, b in zip(w[short], w[long])]
+        step_s = statistics.median(per_step)
+        result["programs"][name] = {
+            "step_time_s": step_s,
+            "steps_per_s": 1 / step_s,
+            "samples_per_s": batch_size / step_s,
+            "per_step_each_repeat_s": per_step,
+            "startup_s": statistics.median(w[short]) - short * step_s,
+            "wall_s": w,
+        }
+    p = result["programs"]
+    result["speedup"] = p["diffusers"]["step_time_s"] / p["ours"]["step_time_s"]
+    return result
+
+
+def markdown(result: dict) -> str:
+    cfg = result["config"]
+    lines = [
+        f"Generator-only LoRA training, tiny pipeline at {cfg['resolution']} px, batch {cfg['batch_size']}, "
+        f"rank {cfg['rank']}, fp32, {cfg['device']} with {cfg['threads']} thread(s); per step = wall time "
+        f"difference of {cfg['long']}- and {cfg['short']}-step runs, median of {cfg['repeats']}.",
+        "",
+        "| program | ms/step | steps/s | samples/s | start-up s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, p in result["programs"].items():
+        label = "recon_ft train.py (L_gen only)" if name == "ours" else "diffusers train_text_to_image_lora.py"
+        lines.append(f"| {label} | {p['step_time_s'] * 1e3:.1f} | {p['steps_per_s']:.2f} | {p['samples_per_s']:.1f} "
+                     f"| {p['startup_s']:.1f} |")
+    lines += ["", f"Speed of ours over the example's: {result['speedup']:.2f}x (>= 1 means ours is at least as fast)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m recon_ft.bench_diffusers")
+    parser.add_argument("--script", type=Path, required=True, help="diffusers' train_text_to_image_lora.py")
+    parser.add_argument("--workdir", type=Path, default=None, help="where pipeline, data and runs go (default: temporary)")
+    parser.add_argument("--short", type=int, default=10)
+    parser.add_argument("--long", type=int, default=110)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("bench_diffusers"), help="folder for the JSON and markdown")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        result = compare(args.script.resolve(), workdir.resolve(), args.short, args.long, args.batch_size,
+                         args.repeats, args.threads, args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_diffusers.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (args.out / "bench_diffusers.md").write_text(table)
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()
