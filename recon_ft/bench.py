@@ -18,10 +18,11 @@ and the joint step's time per loss term, with the VAE decoder and with the tiny 
 Timing. Every step is timed from one step's start to the next one's (a full period: data loading,
 host-to-device copy, forward, backward, clipping, optimizer and, for (c), all of Lightning's
 bookkeeping between steps); the first `--warmup` steps are not timed, and one last step runs
-untimed to close the window. On CUDA each timestamp follows a torch.cuda.synchronize(). (c), (d)
-and (e) run in alternating rounds (`--rounds`) so that drift of the machine hits them alike. Ratios
-come from mean step times, from medians (robust to bursts of other load on a shared machine) and,
-for (c)/(d) and (c) over (e), as the median over rounds of each round's ratio ("paired").
+untimed to close the window. On CUDA each timestamp follows a torch.cuda.synchronize(). (c), (d),
+(e) and (d) cached run in rounds (`--rounds`), every other round in reverse order, so that drift
+of the machine hits them alike. Ratios come from mean step times, from medians (robust to bursts
+of other load on a shared machine) and, for the phases run in rounds, as the median over rounds of
+each round's ratio ("paired").
 On a CPU of 2 cores or fewer one thread is used unless `--threads` says otherwise (setup_runtime).
 
 Memory. CUDA: torch.cuda.max_memory_allocated() over the phase (tensors, weights included), and
@@ -556,31 +557,27 @@ def run_benchmark(
     log(f"measuring on {dev} at precision {precision}, batch {batch_size}, {warmup} + {steps} steps ...")
     run("gen_step", "(a) generator only: L_gen", plain(_only(w_gen=1.0)))
     run("cap_step", "(b) captioner only: L_cap", plain(_only(w_cap=1.0)))
-    reference = plain(REFERENCE, ref_batches, steps=ref_steps, warmup=ref_warmup, accumulate=acc)
-    for _ in range(rounds):
-        run("joint_plain", "(d) joint, 4 terms, plain PyTorch loop", plain(JOINT), complete=1.0)
-        run(
-            "joint_lightning",
-            "(c) joint, 4 terms, Lightning Trainer",
-            lambda: run_lightning(module, batches, **common),
-            complete=1.0,
-        )
-        run(
-            "reference",
-            f"(e) reference schedule: batch {REFERENCE_BATCH}, alternating directions, accumulation {acc}",
-            reference,
-            batch=REFERENCE_BATCH,
-            complete=0.5,  # two steps of batch 1 apply all four terms to one sample's worth
-        )
-    # The cache is full after one pass over the distinct batches: warm up that long, time reads only.
-    module.frozen_cache = FrozenCache({"latents": True, "text_states": True})
-    run(
-        "joint_plain_cached",
-        "(d) with cached VAE posteriors and text-encoder states",
-        plain(JOINT, warmup=max(warmup, len(batches))),
-        complete=1.0,
-    )
-    module.frozen_cache = None
+    def cached():
+        # A full cache: filled by the untimed warmup, one pass over the distinct batches.
+        module.frozen_cache = FrozenCache({"latents": True, "text_states": True})
+        try:
+            return run_plain(module, batches, JOINT, **{**common, "warmup": max(warmup, len(batches))})
+        finally:
+            module.frozen_cache = None
+
+    compared = [
+        ("joint_plain", "(d) joint, 4 terms, plain PyTorch loop", plain(JOINT), batch_size, 1.0),
+        ("joint_lightning", "(c) joint, 4 terms, Lightning Trainer",
+         lambda: run_lightning(module, batches, **common), batch_size, 1.0),
+        ("reference", f"(e) reference schedule: batch {REFERENCE_BATCH}, alternating directions, accumulation {acc}",
+         plain(REFERENCE, ref_batches, steps=ref_steps, warmup=ref_warmup, accumulate=acc),
+         REFERENCE_BATCH, 0.5),  # two steps of batch 1 apply all four terms to one sample's worth
+        ("joint_plain_cached", "(d) with cached VAE posteriors and text-encoder states", cached, batch_size, 1.0),
+    ]  # fmt: skip
+    for r in range(rounds):
+        # every other round in reverse order, so that neither position in a round favours a phase
+        for name, description, fn, batch, complete in compared if r % 2 == 0 else compared[::-1]:
+            run(name, description, fn, batch=batch, complete=complete)
     run("joint_no_i2t2i", "(d) without L_i2t2i", plain(replace(JOINT, lambda_img=0.0)), complete=None)
     run("joint_no_t2i2t", "(d) without L_t2i2t", plain(replace(JOINT, lambda_txt=0.0)), complete=None)
     _set_cycle_decoder(module, "tiny", dev, ckpt, decoders)
@@ -705,20 +702,24 @@ def ratios(phases: dict) -> dict:
         value, median = fn("step_time_s"), fn("step_time_median_s")
         if value is not None:
             out[name] = {"value": value, "value_median": median, "what": what, **extra}
-    # (c), (d) and (e) ran in alternating rounds: the median over rounds of each round's ratio
-    # cancels slow drift of the machine's other load.
-    rounds = {name: (phases.get(name) or {}).get("round_median_step_time_s") or [] for name in
-              ("joint_lightning", "joint_plain", "reference")}
-    c, d, e = rounds["joint_lightning"], rounds["joint_plain"], rounds["reference"]
-    if "lightning_overhead" in out and c and len(c) == len(d):
-        out["lightning_overhead"]["value_paired"] = statistics.median([ci / di for ci, di in zip(c, d)])
-    if "joint_vs_reference" in out and c and len(c) == len(e):
-        pc, pe = phases["joint_lightning"], phases["reference"]
-        # complete samples per step of (c) over those of (e): 8 / 0.5 at the defaults
-        per_step = (pc["complete_samples_per_s"] * pc["step_time_s"]) / (pe["complete_samples_per_s"] * pe["step_time_s"])
-        out["joint_vs_reference"]["value_paired"] = statistics.median(
-            [per_step * ei / ci for ci, ei in zip(c, e)]
-        )
+    # The compared phases ran in rounds: the median over rounds of each round's ratio cancels slow
+    # drift of the machine's other load. Complete samples/s ratio = (work per step, 8 / 0.5 at the
+    # defaults) x (step time of the slower phase) / (step time of the faster one).
+    paired = {
+        "lightning_overhead": ("joint_lightning", "joint_plain", False),
+        "joint_vs_reference": ("joint_lightning", "reference", True),
+        "joint_cached_vs_reference": ("joint_plain_cached", "reference", True),
+    }
+    for name, (num, den, per_sample) in paired.items():
+        a, b = (phases.get(num) or {}), (phases.get(den) or {})
+        ra, rb = a.get("round_median_step_time_s") or [], b.get("round_median_step_time_s") or []
+        if name not in out or not ra or len(ra) != len(rb):
+            continue
+        if per_sample:
+            work = (a["complete_samples_per_s"] * a["step_time_s"]) / (b["complete_samples_per_s"] * b["step_time_s"])
+            out[name]["value_paired"] = statistics.median([work * tb / ta for ta, tb in zip(ra, rb)])
+        else:
+            out[name]["value_paired"] = statistics.median([ta / tb for ta, tb in zip(ra, rb)])
     return out
 
 
@@ -856,7 +857,7 @@ def markdown(result: dict) -> str:
         f"torch {meta['torch']}, lightning {meta['lightning']}, diffusers {meta['diffusers']}, "
         f"transformers {meta['transformers']}; {meta['date']}.",
         f"Device {cfg['device']}, precision {cfg['precision']}, batch {cfg['batch_size']}, "
-        f"{cfg['warmup']} warmup + {cfg['steps']} timed steps, {cfg['rounds']} rounds of (c)/(d)/(e), "
+        f"{cfg['warmup']} warmup + {cfg['steps']} timed steps, {cfg['rounds']} rounds of (c), (d), (e), (d) cached, "
         f"gradient checkpointing {'on' if cfg['gradient_checkpointing'] else 'off'}. Memory: {cfg['memory_method']}.",
         *([f"Command: `{cfg['command']}`"] if cfg.get("command") else []),
         "",
@@ -882,11 +883,10 @@ def markdown(result: dict) -> str:
         elif "target_min" in r:
             target = ", ".join(f">= {v} ({k.replace('_', ' on ')})" for k, v in r["target_min"].items())
         lines.append(f"| {name}: {r['what']} | {r['value']:.3f} | {r['value_median']:.3f} | {target} |")
-    for name in ("lightning_overhead", "joint_vs_reference"):
-        paired = result["ratios"].get(name, {}).get("value_paired")
-        if paired is not None:
-            lines += ["", f"{name}, median over the {cfg['rounds']} rounds of (c), (d), (e) of each round's ratio: "
-                      f"{paired:.3f}"]
+    paired = {name: r["value_paired"] for name, r in result["ratios"].items() if "value_paired" in r}
+    if paired:
+        lines += ["", f"Paired, the median over the {cfg['rounds']} rounds of each round's ratio: "
+                  + ", ".join(f"{name} {value:.3f}" for name, value in paired.items())]
     for decoder, s in result["term_shares"].items():
         lines += [
             "",
@@ -931,7 +931,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (size preset's default)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="32 at tiny, bf16-mixed at real")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (d), (c) and (e)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (d), (c), (e) and (d) cached")
     parser.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None, help="on at real, off at tiny"
     )

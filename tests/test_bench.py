@@ -77,6 +77,9 @@ def test_smoke_tiny_run_reports_every_field(tmp_path):
     assert result["ratios"]["lightning_overhead"]["value_paired"] == pytest.approx(
         c["step_time_median_s"] / phases["joint_plain"]["step_time_median_s"]
     )
+    assert result["ratios"]["joint_cached_vs_reference"]["value_paired"] == pytest.approx(
+        (2 / 0.5) * e["step_time_median_s"] / phases["joint_plain_cached"]["step_time_median_s"]
+    )
     for decoder in ("full_decoder", "tiny_decoder"):
         shares = result["term_shares"][decoder]
         assert set(shares["terms"]) == {"cap", "gen", "i2t2i", "t2i2t", "rest"}
