@@ -337,16 +337,9 @@ def run_plain(
 
 
 def step_rng(module, batch_number: int) -> torch.Generator | None:
-    """The generator ReconModule.training_step draws batch `batch_number`'s timesteps and noise from
-    (a function of the module's seed, the batch number and the rank); None where it uses the global RNG."""
-    if hasattr(module, "step_rng"):
-        return module.step_rng(batch_number)
-    if not hasattr(module, "_step_rng"):
-        return None
-    # Mirrors ReconModule._step_rng, which reads the batch number from the trainer (none here);
-    # test_bench checks that both loops make the same updates.
-    seed = (module.seed * 1_000_003 + batch_number) * 1009 + module.global_rank
-    return torch.Generator(module.device).manual_seed(seed)
+    """The generator ReconModule.training_step draws batch `batch_number`'s timesteps and noise
+    from; None (the global RNG) for a module without one."""
+    return module.step_rng(batch_number) if hasattr(module, "step_rng") else None
 
 
 def _timer_callback(warmup: int, steps: int, device: torch.device, seed: int):

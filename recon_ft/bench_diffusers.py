@@ -16,9 +16,10 @@ a diffusers checkout and never copied here.
 Timing: a `sitecustomize` put on both programs' PYTHONPATH registers torch's global optimizer
 step hook and writes the time of every optimizer step when the process exits; neither program is
 changed. The time per step is the median period between consecutive steps after `--warmup` steps,
-so start-up (imports, model loading, data indexing) and the final save are not counted. Runs
-alternate between the programs, `--repeats` times; the median over repeats is reported, with each
-program's whole wall time beside it.
+so start-up (imports, model loading, data indexing) and the final save are not counted. On a CPU
+with two or more cores the two programs run at the same time, one core each (see `compare`): the
+speed of a shared machine drifts by tens of percent within seconds, and this way both see the same
+drift. The median over `--repeats` is reported, with each program's whole wall time beside it.
 """
 
 from __future__ import annotations
@@ -138,28 +139,58 @@ if os.environ.get("RECON_FT_STEP_TIMES"):
 """
 
 
-def run_timed(command: list[str], env: dict, log_path: Path, stamps_path: Path) -> tuple[float, list[float]]:
-    """(wall seconds, optimizer step times) of one run; its output goes to `log_path`. Fails
-    loudly, naming the log."""
-    t0 = time.perf_counter()
-    with log_path.open("w") as log:
-        done = subprocess.run(command, env={**env, "RECON_FT_STEP_TIMES": str(stamps_path)}, stdout=log,
-                              stderr=subprocess.STDOUT, cwd=ROOT)
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
+def _launch(command: list[str], env: dict, log_path: Path, stamps_path: Path, cpu: int | None):
+    log = log_path.open("w")
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    proc = subprocess.Popen(command, env={**env, "RECON_FT_STEP_TIMES": str(stamps_path)}, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=pin)
+    return proc, log
+
+
+def _finish(proc, log, command: list[str], log_path: Path, stamps_path: Path, steps: int) -> list[float]:
+    """The run's optimizer step times (perf_counter, comparable across processes); fails loudly,
+    naming the log."""
+    proc.wait()
+    log.close()
+    if proc.returncode != 0:
         tail = log_path.read_text().splitlines()[-15:]
-        raise RuntimeError(f"{command[1]} exited with {done.returncode}; see {log_path}:\n" + "\n".join(tail))
+        raise RuntimeError(f"{command[1]} exited with {proc.returncode}; see {log_path}:\n" + "\n".join(tail))
     if not stamps_path.is_file():
         raise RuntimeError(f"{command[1]}: no optimizer step times written (see {log_path})")
-    return seconds, [float(t) for t in stamps_path.read_text().split()]
+    stamps = [float(t) for t in stamps_path.read_text().split()]
+    if len(stamps) != steps:
+        raise RuntimeError(f"{command[1]}: {len(stamps)} optimizer steps recorded, expected {steps} (see {log_path})")
+    return stamps
+
+
+def _periods(stamps: list[float], lo: float = float("-inf"), hi: float = float("inf")) -> list[float]:
+    return [b - a for a, b in zip(stamps, stamps[1:]) if a >= lo and b <= hi]
+
+
+def usable_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def compare(script: Path, workdir: Path, steps: int, warmup: int, batch_size: int, repeats: int, threads: int,
-            device: str = "cpu", log=print) -> dict:
+            device: str = "cpu", mode: str = "auto", log=print) -> dict:
+    """Runs both programs `repeats` times; per-step times as described in the module docstring.
+
+    mode "concurrent" (the default on a CPU with two or more cores and one thread per program):
+    both programs run at the same time, each pinned to its own core, cores swapped every other
+    repeat; only steps inside the window where both are past their warmup and still training are
+    counted. Both then see the same state of the machine, so drift in its speed (other tenants of
+    a shared host) cancels from their ratio. "sequential": one program after the other, in
+    alternating order.
+    """
     if not script.is_file():
         raise FileNotFoundError(f"--script {script}: not found (diffusers' examples/text_to_image/train_text_to_image_lora.py)")
     if steps <= warmup + 1:
         raise ValueError(f"--steps ({steps}) must exceed --warmup ({warmup}) + 1")
+    cpus = usable_cpus()
+    if mode == "auto":
+        mode = "concurrent" if device == "cpu" and threads == 1 and len(cpus) >= 2 else "sequential"
+    if mode == "concurrent" and (device != "cpu" or threads != 1 or len(cpus) < 2):
+        raise ValueError("--mode concurrent needs --device cpu, --threads 1 and at least 2 usable cores")
     workdir.mkdir(parents=True, exist_ok=True)
     prep = prepare(workdir)
     hook = workdir / "hook"
@@ -177,24 +208,45 @@ def compare(script: Path, workdir: Path, steps: int, warmup: int, batch_size: in
     }
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    programs = {
+    commands = {
         "ours": lambda out: ours_command(prep, steps, batch_size, out, device),
         "diffusers": lambda out: diffusers_command(script, prep, steps, batch_size, out),
     }
-    runs: dict[str, list[dict]] = {name: [] for name in programs}
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
     for r in range(repeats):
-        for name, command in (programs.items() if r % 2 == 0 else reversed(programs.items())):
-            out = workdir / f"{name}_{r}"
-            wall, stamps = run_timed(command(out), env, workdir / f"{name}_{r}.log", workdir / f"{name}_{r}.steps")
-            if len(stamps) != steps:
-                raise RuntimeError(f"{name}: {len(stamps)} optimizer steps recorded, expected {steps}")
-            periods = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :])]
-            runs[name].append({"wall_s": wall, "step_median_s": statistics.median(periods),
-                               "step_mean_s": statistics.mean(periods)})
-            log(f"  {name}, repeat {r}: {statistics.median(periods) * 1e3:.1f} ms/step (median), {wall:.1f} s wall")
+        order = list(commands) if r % 2 == 0 else list(commands)[::-1]
+        stamps: dict[str, list[float]] = {}
+        walls: dict[str, float] = {}
+        paths = {name: (workdir / f"{name}_{r}.log", workdir / f"{name}_{r}.steps") for name in commands}
+        if mode == "concurrent":
+            t0 = time.perf_counter()
+            started = {name: (_launch(commands[name](workdir / f"{name}_{r}"), env, *paths[name], cpus[i]))
+                       for i, name in enumerate(order)}  # ours on the first core in even repeats
+            for name, (proc, fh) in started.items():
+                stamps[name] = _finish(proc, fh, proc.args, *paths[name], steps)
+                walls[name] = time.perf_counter() - t0
+            lo = max(s[warmup] for s in stamps.values())
+            hi = min(s[-1] for s in stamps.values())
+        else:
+            for name in order:
+                t0 = time.perf_counter()
+                proc, fh = _launch(commands[name](workdir / f"{name}_{r}"), env, *paths[name], None)
+                stamps[name] = _finish(proc, fh, proc.args, *paths[name], steps)
+                walls[name] = time.perf_counter() - t0
+        for name in commands:
+            if mode == "concurrent":
+                periods = _periods(stamps[name], lo, hi)
+            else:
+                periods = _periods(stamps[name][warmup:])
+            if len(periods) < 10:
+                raise RuntimeError(f"{name}: only {len(periods)} steps timed in repeat {r}; raise --steps")
+            runs[name].append({"wall_s": walls[name], "steps_timed": len(periods),
+                               "step_median_s": statistics.median(periods), "step_mean_s": statistics.mean(periods)})
+        log(f"  repeat {r}: " + ", ".join(f"{name} {runs[name][-1]['step_median_s'] * 1e3:.1f} ms/step "
+                                          f"({runs[name][-1]['steps_timed']} steps)" for name in commands))
     result = {"config": {"steps": steps, "warmup": warmup, "batch_size": batch_size, "repeats": repeats,
-                         "threads": threads, "device": device, "rank": RANK, "resolution": prep["resolution"],
-                         "script": str(script)}, "programs": {}}
+                         "threads": threads, "device": device, "mode": mode, "rank": RANK,
+                         "resolution": prep["resolution"], "script": str(script)}, "programs": {}}
     for name, rs in runs.items():
         step_s = statistics.median(r["step_median_s"] for r in rs)
         result["programs"][name] = {
@@ -206,7 +258,7 @@ def compare(script: Path, workdir: Path, steps: int, warmup: int, batch_size: in
         }
     p = result["programs"]
     result["speedup"] = p["diffusers"]["step_time_s"] / p["ours"]["step_time_s"]
-    # per repeat, the two programs ran back to back: the median of those ratios is robust to drift
+    # per repeat the two ran together (or back to back): the median of those ratios is robust to drift
     result["speedup_paired"] = statistics.median(
         d["step_median_s"] / o["step_median_s"] for o, d in zip(runs["ours"], runs["diffusers"])
     )
@@ -219,7 +271,9 @@ def markdown(result: dict) -> str:
         f"Generator-only LoRA training, tiny pipeline at {cfg['resolution']} px, batch {cfg['batch_size']}, "
         f"rank {cfg['rank']}, fp32, {cfg['device']} with {cfg['threads']} thread(s); {cfg['steps']} steps per run, "
         f"time per step = median period between optimizer steps after {cfg['warmup']}, median of "
-        f"{cfg['repeats']} runs each.",
+        f"{cfg['repeats']} runs each; {cfg['mode']} runs"
+        + (" (the two at once, one core each, swapped every other repeat; steps timed while both train)."
+           if cfg["mode"] == "concurrent" else " (one after the other, alternating order)."),
         "",
         "| program | ms/step | steps/s | samples/s | whole run, s |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -238,18 +292,20 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m recon_ft.bench_diffusers")
     parser.add_argument("--script", type=Path, required=True, help="diffusers' train_text_to_image_lora.py")
     parser.add_argument("--workdir", type=Path, default=None, help="where pipeline, data and runs go (default: temporary)")
-    parser.add_argument("--steps", type=int, default=80, help="optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=10, help="steps not timed at the start of each run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--mode", choices=("auto", "concurrent", "sequential"), default="auto",
+                        help="auto: concurrent on a CPU with 2+ cores at 1 thread, else sequential")
     parser.add_argument("--out", type=Path, default=Path("bench_diffusers"), help="folder for the JSON and markdown")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         result = compare(args.script.resolve(), workdir.resolve(), args.steps, args.warmup, args.batch_size,
-                         args.repeats, args.threads, args.device)
+                         args.repeats, args.threads, args.device, args.mode)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_diffusers.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)

@@ -46,7 +46,7 @@ class Snapshot(L.Callback):
 def test_our_side_trains_only_the_unet_adapters_with_l_gen(tmp_path):
     prep = bd.prepare(tmp_path / "prep", n_images=8)
     overrides = bd.ours_command(prep, steps=2, batch_size=4, out=tmp_path / "run")[2:]  # after python train.py
-    snapshot = ["+callbacks.snapshot._target_=tests.test_bench_diffusers.Snapshot"]
+    snapshot = ["+callbacks.snapshot._target_=tests.test_bench_diffusers.Snapshot", "trainer.log_every_n_steps=1"]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=overrides + snapshot)
     assert cfg.generator.pretrained == str(prep["pipeline"])
