@@ -12,7 +12,7 @@
 # Nothing else is needed by `python -m recon_ft.bench` (no hydra, omegaconf or wandb).
 #
 # It runs the tiny size first (a check that the GPU path works, ~1 min), then the real size
-# (~5 min: model build on the CPU, then 9 phases). Every file it writes is under $OUT:
+# (~6 min: model build on the CPU, then 10 phases). Every file it writes is under $OUT:
 # nvidia-smi.txt, tiny.log, tiny/bench.{json,md}, real.log, real/bench.{json,md}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +43,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import torch, lightning, transformers, peft, diffusers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__)" || exit 2
 
 echo "== tiny size on the GPU (sanity check)"
-timeout 150 python3 -m recon_ft.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
+timeout 120 python3 -m recon_ft.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
     | tee "$OUT/tiny.log" | grep -v -i warn || echo "tiny run FAILED (rc=$?), going on with the real size"
 
 echo "== real size: SD v1.5 + BLIP base, batch 8, bf16-mixed, gradient checkpointing"
-timeout 400 python3 -m recon_ft.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
+timeout 450 python3 -m recon_ft.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
     | tee "$OUT/real.log" | grep -v -i warn
 rc=${PIPESTATUS[0]}
 echo "real run exit status $rc"
