@@ -550,6 +550,7 @@ def run_benchmark(
     log(f"measuring on {dev} at precision {precision}, batch {batch_size}, {warmup} + {steps} steps ...")
     run("gen_step", "(a) generator only: L_gen", plain(_only(w_gen=1.0)))
     run("cap_step", "(b) captioner only: L_cap", plain(_only(w_cap=1.0)))
+
     def cached():
         # A full cache: filled by the untimed warmup, one pass over the distinct batches.
         module.frozen_cache = FrozenCache({"latents": True, "text_states": True})

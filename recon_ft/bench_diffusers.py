@@ -41,7 +41,7 @@ WEIGHT_DECAY = 1e-2  # the example's default, and optim.generator.weight_decay o
 MAX_GRAD_NORM = 1.0  # the example's default, and optim.generator.grad_clip
 
 
-def prepare(workdir: Path, n_images: int = 64, seed: int = 0) -> dict[str, Path]:
+def prepare(workdir: Path, n_images: int = 64, seed: int = 0) -> dict:
     """The tiny pipeline (diffusers layout) and the image-caption pairs, in both programs' formats:
     captions.jsonl ({"image", "caption"}) for ours, images/metadata.jsonl ({"file_name", "text"}),
     the `imagefolder` layout, for the example."""

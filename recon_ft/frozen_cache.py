@@ -101,13 +101,14 @@ class FrozenCache:
         budget = self.cfg.max_gb * 1024**3
         row_bytes = values[0].numel() * dtype.itemsize if len(values) else 0
         store = self._store[kind]
+        values = values.to(where, dtype)  # one device-to-host copy for the batch, not one per row
         for key, value in zip(keys, values):
             if key in store:  # a key twice in one batch
                 continue
             if self.nbytes + row_bytes > budget:
                 self._counts[kind]["not_stored"] += 1
                 continue
-            store[key] = value.to(where, dtype).clone()  # clone: not a view keeping the batch alive
+            store[key] = value.clone()  # its own storage, not a view keeping the whole batch alive
             self.nbytes += row_bytes
 
     def stats(self) -> dict[str, float]:
