@@ -4,7 +4,8 @@ What the losses and the evaluation need from a generator:
   - `tokenize(captions)` and `encode_text(ids)`: conditioning from token ids, (B, 77, D);
   - `token_embedding` and `encode_soft(token_embeds, lengths)`: conditioning from soft tokens
     (the vocabulary bridge's output), with the text encoder's own BOS / EOS / padding around them;
-  - `encode_images` / `decode_latents`: VAE, images in [-1, 1] <-> scaled latents (`decode_latents`
+  - `encode_images` / `decode_latents`: VAE, images in [-1, 1] <-> scaled latents; `encode_images` is
+    `encode_moments` (the posterior's parameters, cacheable) then `sample_latents` (`decode_latents`
     goes through the cheaper `cycle_decoder` when one is set: it only serves the text cycle);
   - `denoise(zt, t, cond)`: the denoiser's prediction (epsilon or v);
   - `alphas_cumprod`, `prediction_type`, `num_train_timesteps`: the noise schedule;
