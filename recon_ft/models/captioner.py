@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recon_ft.utils import is_rank_zero
+from recon_ft.models.attention import set_blip_attention
 from recon_ft.models.lora import AdapterSpec, critic_call, critic_checkpoint_context, unfreeze_modules
 
 log = logging.getLogger(__name__)
@@ -169,12 +170,14 @@ def build_blip(
     gradient_checkpointing: bool = False,
     save_base_to: str | None = None,
     init_seed: int = 0,
+    attention: str = "sdpa",
 ) -> BlipCaptioner:
     """BLIP captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
     or a real architecture with random weights (`arch`, see recon_ft.models.arch: "blip_base").
 
     A randomly initialized model is written to `save_base_to` (before adapters are added), so a run's
-    adapters can always be loaded back onto the exact base they were trained on.
+    adapters can always be loaded back onto the exact base they were trained on. `attention`: the
+    vision encoder's attention, "sdpa" (fused, no N x N matrix kept) or transformers' "eager".
     """
     from transformers import BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
@@ -197,6 +200,7 @@ def build_blip(
             size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
         )
         processor = BlipProcessor(image_processor=image_processor, tokenizer=blip_tokenizer())
+    set_blip_attention(model, attention)
     captioner = BlipCaptioner(model, processor, prompt=prompt, max_length=max_length)
     if save_base_to and not pretrained and is_rank_zero():
         captioner.save_base(save_base_to)
