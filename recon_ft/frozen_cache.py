@@ -20,9 +20,11 @@ to checkpoints: a resumed run refills the cache as it goes.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
+
+from recon_ft.utils import dataclass_from
 
 KINDS = ("latents", "text_states")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,12 +42,7 @@ class CacheConfig:
     def coerce(cls, cfg) -> "CacheConfig":
         if isinstance(cfg, cls):
             return cfg
-        cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(cfg) - names
-        if unknown:
-            raise ValueError(f"frozen_cache: unknown options {sorted(unknown)}; available: {sorted(names)}")
-        out = cls(**cfg)
+        out = dataclass_from(cls, cfg, "frozen_cache")
         if out.dtype not in DTYPES:
             raise ValueError(f"frozen_cache.dtype: expected one of {sorted(DTYPES)}, got {out.dtype!r}")
         if out.device not in ("cpu", "model"):

@@ -12,12 +12,13 @@ same maths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from recon_ft import losses as L
 from recon_ft.frozen_cache import FrozenCache
+from recon_ft.utils import dataclass_from
 
 
 @dataclass
@@ -39,12 +40,7 @@ class LossConfig:
     def coerce(cls, cfg) -> "LossConfig":
         if isinstance(cfg, cls):
             return cfg
-        cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(cfg) - names
-        if unknown:
-            raise ValueError(f"loss: unknown options {sorted(unknown)}; available: {sorted(names)}")
-        out = cls(**cfg)
+        out = dataclass_from(cls, cfg, "loss")
         if out.schedule not in ("joint", "alternate"):
             raise ValueError(f"loss.schedule: expected joint or alternate, got {out.schedule!r}")
         if out.cycle_grads not in ("own", "both"):

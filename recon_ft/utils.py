@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def is_rank_zero() -> bool:
     """True on the main process, also before torch.distributed is initialized (launchers set RANK)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+
+
+def dataclass_from(cls: type[T], cfg: Mapping[str, Any] | None, section: str) -> T:
+    """cls(**cfg) for a config block; an unknown key is a short error naming `section` and the
+    options there are."""
+    cfg = dict(cfg or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(cfg) - names
+    if unknown:
+        raise ValueError(f"{section}: unknown options {sorted(unknown)}; available: {sorted(names)}")
+    return cls(**cfg)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recon_ft.utils import dataclass_from
+
 
 @dataclass
 class AdapterSpec:
@@ -32,15 +34,12 @@ class AdapterSpec:
             return cls(mode="frozen")
         if isinstance(spec, cls):
             return spec
-        spec = dict(spec)
-        unknown = set(spec) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"adapter: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
-        if spec.get("mode", "lora") not in ("lora", "full", "frozen"):
-            raise ValueError(f"adapter.mode: expected lora, full or frozen, got {spec['mode']!r}")
-        if spec.get("target_modules") is not None and not isinstance(spec["target_modules"], str):
-            spec["target_modules"] = list(spec["target_modules"])
-        return cls(**spec)
+        out = dataclass_from(cls, spec, "adapter")
+        if out.mode not in ("lora", "full", "frozen"):
+            raise ValueError(f"adapter.mode: expected lora, full or frozen, got {out.mode!r}")
+        if out.target_modules is not None and not isinstance(out.target_modules, str):
+            out.target_modules = list(out.target_modules)
+        return out
 
     def lora_config(self):
         from peft import LoraConfig
