@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recon_ft.module import ReconModule
+from recon_ft.summary import write_summary
 from recon_ft.utils import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,24 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
     return instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, **overrides)
 
 
+def _one_line_per_log_message() -> None:
+    """Under Hydra the root logger prints every record; Lightning's own console handler would print
+    each of its messages a second time."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
+def _floats(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def fit(cfg: DictConfig) -> tuple[L.Trainer, ReconModule]:
     L.seed_everything(cfg.seed, workers=True)
+    _one_line_per_log_message()
     run_dir = Path(cfg.run_dir)
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,11 +74,26 @@ def fit(cfg: DictConfig) -> tuple[L.Trainer, ReconModule]:
     module = build_module(cfg)
     datamodule = build_datamodule(cfg, module.captioner, module.generator)
     trainer = build_trainer(cfg)
+    module.base_metrics = {}
+    if cfg.get("validate_base", True) and not cfg.get("ckpt_path") and trainer.limit_val_batches != 0:
+        # The base models' validation (logged at step 0): what the finetuning is measured against.
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        module.base_metrics = _floats(trainer.callback_metrics)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return trainer, module
 
 
+def _best_checkpoint(trainer: L.Trainer) -> dict | None:
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "monitor", None) and cb.best_model_path:
+            return {"path": cb.best_model_path, "monitor": cb.monitor, "score": float(cb.best_model_score)}
+    return None
+
+
 def train(cfg: DictConfig) -> dict:
-    """Fit and return the final logged metrics (floats)."""
-    trainer, _ = fit(cfg)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    """Fit, print the run's summary, and return the final logged metrics (floats)."""
+    trainer, module = fit(cfg)
+    final = _floats(trainer.callback_metrics)
+    if trainer.is_global_zero:
+        print("\n" + write_summary(Path(cfg.run_dir), module.base_metrics, final, _best_checkpoint(trainer)), flush=True)
+    return final

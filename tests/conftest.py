@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 from recon_ft.models.captioner import build_blip
 from recon_ft.models.generator import build_stable_diffusion
+
+# Composed configs name the synthetic zoo's models (`${zoo:captioner}`): tests use the "smoke" recipe
+# (seconds to build, learns nothing) in a private cache, so they neither wait for nor touch a user's
+# zoo. Set before anything resolves a config; subprocesses (DDP, train.py) inherit both.
+os.environ["RECON_FT_ZOO"] = "smoke"
+os.environ["RECON_FT_CACHE"] = tempfile.mkdtemp(prefix="recon_ft_cache_")
 
 CAPTIONER_ADAPTER = {"mode": "lora", "r": 4, "alpha": 4, "target_modules": r".*text_decoder.*\.(query|value)"}
 UNET_ADAPTER = {"mode": "lora", "r": 4, "alpha": 4, "target_modules": ["to_q", "to_v"]}

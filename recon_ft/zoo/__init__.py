@@ -1,0 +1,13 @@
+"""The synthetic model zoo: small BLIP and Stable Diffusion base models pretrained with full
+weights on the built-in shapes benchmark, playing the part of the real pretrained checkpoints
+(DESIGN.md section 6). They are saved in the standard formats and loaded through the same
+`pretrained=<dir>` path as real weights; `${zoo:captioner}` / `${zoo:generator}` in a config
+name them, building the zoo on first use.
+
+    python -m recon_ft.zoo                 # build (or find) the default zoo, print its summary
+"""
+
+from recon_ft.zoo.cache import ensure_zoo, zoo_part
+from recon_ft.zoo.recipe import RECIPES, ZooRecipe, get_recipe
+
+__all__ = ["RECIPES", "ZooRecipe", "ensure_zoo", "get_recipe", "zoo_part"]

@@ -1,0 +1,42 @@
+"""python -m recon_ft.zoo [--recipe default] [--out DIR] [--threads N]: build a zoo and print its summary.
+
+Without --out the zoo goes to the cache that `${zoo:...}` reads (a second call finds it there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main(argv=None) -> None:
+    from recon_ft.zoo.build import build_zoo
+    from recon_ft.zoo.cache import ensure_zoo, load_record
+    from recon_ft.zoo.competence import report
+    from recon_ft.zoo.recipe import RECIPES, get_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m recon_ft.zoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    parser.add_argument("--out", help="build into this directory instead of the cache (always rebuilds)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.out:
+        record = build_zoo(get_recipe(args.recipe), args.out)
+        directory = args.out
+    else:
+        directory = ensure_zoo(args.recipe)
+        record = load_record(directory)
+    print(f"zoo: {directory}")
+    print(f"build seconds: {json.dumps(record['seconds'])}")
+    print(report(record["competence"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The synthetic model zoo: recipes, the build's outputs, and the round trip through `pretrained=<dir>`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from recon_ft.models.captioner import build_blip
+from recon_ft.models.generator import build_stable_diffusion
+from recon_ft.zoo import RECIPES, ensure_zoo, get_recipe
+from recon_ft.zoo.build import build_models, build_zoo
+from recon_ft.zoo.data import render_split
+from recon_ft.zoo.pretrain import grammar_token_ids
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture(scope="module")
+def smoke_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "smoke"
+    record = build_zoo(get_recipe("smoke"), out)
+    return out, record
+
+
+def test_recipe_key_changes_with_every_field():
+    base = RECIPES["default"]
+    assert base.key.startswith("default-") and len(base.key) == len("default-") + 12
+    assert dataclasses.replace(base, seed=1).key != base.key
+    changed = dataclasses.replace(base, unet=dataclasses.replace(base.unet, steps=base.unet.steps + 1))
+    assert changed.key != base.key
+    assert dataclasses.replace(base).key == base.key
+    with pytest.raises(ValueError, match="zoo recipe 'nope' is unknown"):
+        get_recipe("nope")
+
+
+def test_rendered_split_matches_the_dataset():
+    from recon_ft.data.synthetic import SyntheticCaptions
+
+    data = render_split("train", 5, seed=3, size=32)
+    ds = SyntheticCaptions("train", 5, seed=3, image_size=32)
+    for i in range(5):
+        assert torch.equal(data.images[i].permute(1, 2, 0), torch.from_numpy(np.array(ds[i]["image"])))
+        assert data.references[i] == ds[i]["references"]
+    images, texts, index = data.batch(torch.Generator().manual_seed(0), 7, size=16)
+    assert images.shape == (7, 3, 16, 16) and images.min() >= -1 and images.max() <= 1
+    assert [t in data.references[i] for t, i in zip(texts, index.tolist())] == [True] * 7
+
+
+def test_grammar_token_ids_are_the_captions_tokens():
+    from recon_ft.models.tokenizers import blip_tokenizer
+
+    tok = blip_tokenizer()
+    ids = grammar_token_ids(tok)
+    words = tok.convert_ids_to_tokens(ids.tolist())
+    # every grammar word is one WordPiece token: 4 kinds, 2 sizes, 6 colours, a/left/right/of, and [SEP]
+    from recon_ft.data.synthetic import COLOURS, KINDS, SIZES
+
+    assert sorted(words) == sorted(["[SEP]", "a", "left", "right", "of", *KINDS, *SIZES, *COLOURS])
+
+
+def test_build_writes_standard_formats(smoke_zoo):
+    out, record = smoke_zoo
+    assert (out / "captioner" / "config.json").is_file() and (out / "captioner" / "processor_config.json").is_file()
+    assert (out / "generator" / "model_index.json").is_file()
+    assert not out.with_name("smoke.partial").exists()
+    saved = json.loads((out / "zoo.json").read_text())
+    assert saved["recipe"] == get_recipe("smoke").to_dict()
+    assert set(saved["curves"]) == {"vae", "unet", "captioner"}
+    assert len(saved["curves"]["unet"]) == 2  # steps 0 and 2 of 3 (logged every 50 and at the end)
+    assert set(saved["competence"]) >= {"caption_exact", "gen_colour", "gen_count", "vae_psnr_test"}
+
+
+def test_round_trip_through_pretrained_dir(smoke_zoo):
+    """The saved models load back through the same builders as real checkpoints, weights equal to
+    a rebuild from the same recipe and seed (the build is deterministic)."""
+    out, record = smoke_zoo
+    captioner = build_blip(pretrained=str(out / "captioner"), adapter={"mode": "frozen"})
+    generator = build_stable_diffusion(pretrained=str(out / "generator"), unet_adapter={"mode": "frozen"})
+    assert generator.latent_scale == pytest.approx(record["latent_scaling_factor"])
+    assert captioner.image_size == get_recipe("smoke").captioner.image_size
+    assert generator.image_size == get_recipe("smoke").generator_size
+
+    again = out.with_name("again")
+    build_zoo(get_recipe("smoke"), again)
+    captioner2 = build_blip(pretrained=str(again / "captioner"), adapter={"mode": "frozen"})
+    generator2 = build_stable_diffusion(pretrained=str(again / "generator"), unet_adapter={"mode": "frozen"})
+    for a, b in ((captioner.model, captioner2.model), (generator.unet, generator2.unet),
+                 (generator.vae, generator2.vae), (generator.text_encoder, generator2.text_encoder)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # and the training moved the weights away from the random init
+    fresh, _ = build_models(get_recipe("smoke"))
+    init = fresh.model.state_dict()
+    assert not torch.equal(captioner.model.state_dict()["text_decoder.bert.embeddings.word_embeddings.weight"],
+                           init["text_decoder.bert.embeddings.word_embeddings.weight"])
+
+
+def test_resolver_builds_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECON_FT_CACHE", str(tmp_path))
+    monkeypatch.setenv("RECON_FT_ZOO", "smoke")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={tmp_path}/run"])
+    path = Path(OmegaConf.to_container(cfg.captioner, resolve=True)["pretrained"])
+    assert path == tmp_path / "zoo" / get_recipe("smoke").key / "captioner"
+    assert (path / "config.json").is_file()
+    stamp = (path.parent / "zoo.json").stat().st_mtime_ns
+    assert ensure_zoo() == path.parent  # found, not rebuilt
+    assert (path.parent / "zoo.json").stat().st_mtime_ns == stamp
+    assert Path(OmegaConf.to_container(cfg.generator, resolve=True)["pretrained"]) == path.parent / "generator"
