@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from recon_ft.frozen_cache import FrozenCache
 from recon_ft.objective import LossConfig, compute_losses
+from recon_ft.zoo.recipe import RECIPES
 
 # -- what is measured ------------------------------------------------------------------------------
 
@@ -96,6 +97,16 @@ SIZES = {
     "tiny": SizePreset(
         captioner={"tiny": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2}},
         generator={"tiny": {"sample_size": 32, "cross_attention_dim": 32}},
+        steps=16,
+        warmup=2,
+        precision="32",
+        gradient_checkpointing=False,
+    ),
+    # The synthetic zoo's architectures (recon_ft.zoo, default recipe), random weights: what the
+    # default run trains.
+    "zoo": SizePreset(
+        captioner={"tiny": RECIPES["default"].captioner_sizes()},
+        generator={"tiny": RECIPES["default"].generator_sizes()},
         steps=16,
         warmup=2,
         precision="32",

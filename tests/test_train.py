@@ -26,10 +26,15 @@ SMALL = [
 ]
 
 
+# Random-init tiny models (written to base/): these tests are about the training machinery; the
+# default zoo models' path is tested in test_zoo.py.
+RANDOM_INIT = ["captioner=tiny_blip", "generator=tiny_sd"]
+
+
 def compose_train(run_dir: Path, *overrides: str, synthetic: bool = True):
     small = SMALL + (SYNTHETIC_SMALL if synthetic else [])
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=[f"run_dir={run_dir}", *small, *overrides])
+        return compose("train", overrides=[f"run_dir={run_dir}", *RANDOM_INIT, *small, *overrides])
 
 
 def trainable_state(module) -> dict[str, torch.Tensor]:

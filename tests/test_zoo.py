@@ -115,3 +115,27 @@ def test_resolver_builds_once_into_the_cache(tmp_path, monkeypatch):
     assert ensure_zoo() == path.parent  # found, not rebuilt
     assert (path.parent / "zoo.json").stat().st_mtime_ns == stamp
     assert Path(OmegaConf.to_container(cfg.generator, resolve=True)["pretrained"]) == path.parent / "generator"
+
+
+def test_default_run_finetunes_the_zoo_and_summarizes(tmp_path, capsys):
+    """The default config (here with the smoke recipe) trains LoRA on the zoo models loaded from
+    their directories, validates the base models first, and ends with the run's summary."""
+    from recon_ft.train import train
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"run_dir={tmp_path}", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+            "data.train.size=16", "data.val.size=4", "data.batch_size=4", "callbacks.model_checkpoint.every_n_train_steps=2",
+        ])
+    final = train(cfg)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert Path(saved.captioner.pretrained) == Path(ensure_zoo()) / "captioner"
+    assert not (tmp_path / "base").exists()  # the base models are the zoo's directories
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # the base validation ran before training, on the same 4 items: the same keys as the final one
+    assert {k for k in summary["base"] if k.startswith("val/")} == {k for k in final if k.startswith("val/")}
+    assert summary["best"]["monitor"] == "val/cider_bleu4"
+    assert Path(summary["best"]["path"]) == tmp_path / "checkpoints" / "best.ckpt"
+    out = capsys.readouterr().out
+    assert f"run finished: {tmp_path}" in out and f"next: python eval.py run_dir={tmp_path}" in out
+    assert "val/caption_exact" in out

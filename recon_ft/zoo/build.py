@@ -35,13 +35,10 @@ def build_models(recipe: ZooRecipe, captioner: bool = True, generator: bool = Tr
     from recon_ft.models.captioner import build_blip
     from recon_ft.models.generator import build_stable_diffusion
 
-    c = recipe.captioner
-    tiny_captioner = dict(image_size=c.image_size, patch_size=c.patch_size, hidden_size=c.hidden_size,
-                          num_layers=c.num_layers)
-    tiny_generator = dict(sample_size=recipe.generator_size, cross_attention_dim=recipe.unet.cross_attention_dim)
     return (
-        build_blip(tiny=tiny_captioner, adapter={"mode": "frozen"}, init_seed=recipe.seed) if captioner else None,
-        build_stable_diffusion(tiny=tiny_generator, unet_adapter={"mode": "frozen"}, init_seed=recipe.seed + 1)
+        build_blip(tiny=recipe.captioner_sizes(), adapter={"mode": "frozen"}, init_seed=recipe.seed)
+        if captioner else None,
+        build_stable_diffusion(tiny=recipe.generator_sizes(), unet_adapter={"mode": "frozen"}, init_seed=recipe.seed + 1)
         if generator else None,
     )
 

@@ -20,13 +20,17 @@ class RenderedSplit:
     def __len__(self) -> int:
         return len(self.references)
 
-    def batch(self, rng: torch.Generator, batch_size: int, size: int | None = None):
-        """A random batch: images (B, 3, size, size) in [-1, 1], one random reading per item, and
-        the indices drawn (with replacement)."""
+    def batch(self, rng: torch.Generator, batch_size: int, size: int | None = None, canonical: bool = False,
+              images: bool = True):
+        """A random batch: images (B, 3, size, size) in [-1, 1] (None without `images`), one random
+        reading per item (the left-to-right one with `canonical`), and the indices drawn (with
+        replacement)."""
         index = torch.randint(len(self), (batch_size,), generator=rng)
         choice = torch.randint(2, (batch_size,), generator=rng)  # which reading (scenes have 1 or 2)
+        if canonical:
+            choice.zero_()
         texts = [self.references[i][c % len(self.references[i])] for i, c in zip(index.tolist(), choice.tolist())]
-        return to_unit_range(self.images[index], size), texts, index
+        return (to_unit_range(self.images[index], size) if images else None), texts, index
 
 
 def to_unit_range(images: torch.Tensor, size: int | None = None) -> torch.Tensor:

@@ -92,11 +92,9 @@ def train_unet(generator, data: RenderedSplit, moments: torch.Tensor, r: UnetRec
     alphas = generator.alphas_cumprod  # (T,)
 
     def step_loss():
-        index = torch.randint(len(data), (r.batch_size,), generator=rng)
-        choice = torch.randint(2, (r.batch_size,), generator=rng).tolist()
+        _, texts, index = data.batch(rng, r.batch_size, canonical=r.canonical_captions, images=False)
         drop = (torch.rand(r.batch_size, generator=rng) < r.caption_dropout).tolist()
-        texts = ["" if d else data.references[i][c % len(data.references[i])]
-                 for i, c, d in zip(index.tolist(), choice, drop)]
+        texts = ["" if d else t for t, d in zip(texts, drop)]
         z0 = generator.sample_latents(moments[index], rng)  # (B, 4, h, w), scaled
         noise = torch.randn(z0.shape, generator=rng)
         t = torch.randint(generator.num_train_timesteps, (r.batch_size,), generator=rng)
@@ -135,7 +133,7 @@ def train_captioner(captioner, data: RenderedSplit, r: CaptionerRecipe, rng: tor
     vocab_size = head.decoder.weight.shape[0]
 
     def step_loss():
-        x, texts, _ = data.batch(rng, r.batch_size)
+        x, texts, _ = data.batch(rng, r.batch_size, canonical=r.canonical_captions)
         tokens = captioner.tokenize(texts)
         image = model.vision_model(pixel_values=captioner.preprocess(x)).last_hidden_state
         hidden = model.text_decoder.bert(

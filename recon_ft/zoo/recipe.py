@@ -25,18 +25,21 @@ class CaptionerRecipe:
     num_layers: int = 4
     steps: int = 2500
     batch_size: int = 64
-    lr: float = 1.5e-3
+    lr: float = 3e-3
     warmup_steps: int = 100
     # Sampled softmax: each step scores the caption tokens, the grammar's tokens and this many
     # uniformly drawn other ids instead of all 30,524 (the full softmax is 90% of a CPU step).
     negatives: int = 1024
+    # Train on each scene's left-to-right reading only: one target per image instead of two
+    # equally likely ones (the scorers accept either reading).
+    canonical_captions: bool = True
 
 
 @dataclass(frozen=True)
 class VaeRecipe:
     """The generator's AutoencoderKL, trained first as an autoencoder (MSE + a small KL)."""
 
-    steps: int = 500
+    steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
     kl_weight: float = 1e-4
@@ -47,12 +50,14 @@ class UnetRecipe:
     """The UNet and the CLIP text encoder, full weights, epsilon loss on the trained VAE's latents."""
 
     cross_attention_dim: int = 32
-    steps: int = 3000
-    batch_size: int = 64
+    steps: int = 2200
+    batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
     caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
     train_text_encoder: bool = True
+    # Left-to-right readings only, as the captioner: one phrasing per layout to learn.
+    canonical_captions: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,15 @@ class ZooRecipe:
     unet: UnetRecipe = field(default_factory=UnetRecipe)
     # How many val items the build's competence summary uses (eval.py reports every item).
     summary_items: int = 128
+
+    def captioner_sizes(self) -> dict:
+        """`tiny=` of recon_ft.models.captioner.build_blip."""
+        c = self.captioner
+        return dict(image_size=c.image_size, patch_size=c.patch_size, hidden_size=c.hidden_size, num_layers=c.num_layers)
+
+    def generator_sizes(self) -> dict:
+        """`tiny=` of recon_ft.models.generator.build_stable_diffusion."""
+        return dict(sample_size=self.generator_size, cross_attention_dim=self.unet.cross_attention_dim)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
