@@ -50,6 +50,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUND: tuple[int, int, int] = (230, 230, 230)
 MAX_OBJECTS = 3
 SPLIT_IDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+READINGS = ("all", "left_of")  # the training caption: any grammar reading, or the left-to-right one
 
 # (colour, kind) compositions never seen in train/val: one per kind, four different colours,
 # so each kind and colour keeps 5 and 3-4 other partners in training.
@@ -289,16 +290,21 @@ class SyntheticCaptions(Dataset):
     """`size` items of one split of the shapes benchmark, as raw samples.
 
     Sample: {"id": "<split>-<i>", "image": PIL RGB (image_size x image_size),
-    "caption": one reference chosen from (seed, i, epoch), "references": all readings}.
+    "caption": one reference chosen from (seed, i, epoch), or with readings="left_of" always the
+    left-to-right one (the zoo's models were pretrained on it), "references": all readings}.
     Keys may be an int (epoch 0) or a SampleKey(index, epoch).
     """
 
-    def __init__(self, split: str = "train", size: int = 1000, seed: int = 0, image_size: int = 64):
+    def __init__(self, split: str = "train", size: int = 1000, seed: int = 0, image_size: int = 64,
+                 readings: str = "all"):
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_IDS)}")
         if size < 0 or image_size < 8:
             raise ValueError(f"need size >= 0 and image_size >= 8, got {size} and {image_size}")
+        if readings not in READINGS:
+            raise ValueError(f"readings: expected one of {READINGS}, got {readings!r}")
         self.split, self.size, self.seed, self.image_size = split, size, seed, image_size
+        self.readings = readings
         self.bad_at_index: list[tuple[str, str]] = []  # generated data has none
 
     def __len__(self) -> int:
@@ -324,6 +330,6 @@ class SyntheticCaptions(Dataset):
         return {
             "id": f"{self.split}-{index}",
             "image": Image.fromarray(pixels),
-            "caption": pick_reference(references, self.seed, index, epoch),
+            "caption": references[0] if self.readings == "left_of" else pick_reference(references, self.seed, index, epoch),
             "references": references,
         }
