@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recon_ft.module import ReconModule
+from recon_ft.settings import check_training_config
 from recon_ft.utils import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
 
 
 def fit(cfg: DictConfig) -> tuple[L.Trainer, ReconModule]:
+    check_training_config(cfg)  # before any model is built
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     if is_rank_zero():
