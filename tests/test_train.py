@@ -68,7 +68,8 @@ def test_run_writes_every_output(run):
 
 def test_checkpoint_holds_only_trainable_parameters(run):
     run_dir, _, module = run
-    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    # plain data only: loads with weights_only=True, as evaluation loads it
+    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert set(ckpt["state_dict"]) == set(module.trainable_named_parameters())
     assert all("lora" in k for k in ckpt["state_dict"])
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["global_step"] == 8
@@ -285,3 +286,11 @@ def test_config_mistakes_give_short_messages(tmp_path):
     missing = run_cli("data=coco", f"paths.coco={tmp_path}/nowhere")
     assert missing.returncode == 2
     assert "dataset_coco.json" in missing.stderr and "Traceback" not in missing.stderr
+    ascent = run_cli("optim.captioner.lr=-1")
+    assert ascent.returncode == 2 and ascent.stderr.splitlines()[0] == "error: optim.captioner.lr: expected >= 0, got -1"
+    truncated = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    cut = run_cli(f"ckpt_path={truncated}")
+    assert cut.returncode == 2 and "Traceback" not in cut.stderr
+    assert cut.stderr.splitlines()[0] == f"error: {truncated}: not a readable checkpoint (truncated, or not written by torch.save)"
