@@ -157,10 +157,12 @@ def test_resume_is_exact_with_augmentation_on_a_coco_corpus(tmp_path):
     the adapters equal the uninterrupted run's: each view is drawn from (seed, index, epoch)."""
     from recon_ft.data.fabricate import write_coco_karpathy
 
-    write_coco_karpathy(tmp_path / "coco", n_per_split=12)  # 24 training images: 6 batches an epoch
-    coco = ["data=coco", f"paths.coco={tmp_path / 'coco'}", "data.num_workers=0", "data.caption_view.augment=blip",
+    paths = write_coco_karpathy(tmp_path / "coco", n_per_split=12)  # 24 training images: 6 batches an epoch
+    coco = ["data=coco", f"paths.coco={tmp_path / 'coco'}", f"data.train.image_root={paths['image_root']}",
+            f"data.val.image_root={paths['image_root']}", "data.num_workers=0", "data.caption_view.augment=blip",
             "trainer.max_steps=8"]
-    _, straight = fit(compose_train(tmp_path / "straight", *coco, synthetic=False))
+    trainer, straight = fit(compose_train(tmp_path / "straight", *coco, synthetic=False))
+    assert straight.bad_samples == 0 and trainer.global_step == 8  # every image read and trained on
     stop = ["+callbacks.stop._target_=tests.test_train.StopAt", "+callbacks.stop.step=4"]
     fit(compose_train(tmp_path / "first", *coco, *stop, synthetic=False))
     ckpt = tmp_path / "first/checkpoints/step000004.ckpt"
