@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from recon_ft.models.adapters import save_captioner_adapter, save_generator_adapter
 
@@ -24,6 +25,8 @@ class ExportAdapters(L.Callback):
     def export(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.is_global_zero or self._exported_step == trainer.global_step:
             return
+        if not weights_finite(pl_module, f"adapters not written to {self.dirpath}"):
+            return
         self._exported_step = trainer.global_step
         save_captioner_adapter(pl_module.captioner, self.dirpath / "captioner")
         save_generator_adapter(pl_module.generator, self.dirpath / "generator")
@@ -35,3 +38,20 @@ class ExportAdapters(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.export(trainer, pl_module)
+
+
+def weights_finite(pl_module, skipped: str) -> bool:
+    """False (and an error logged) when a trainable weight holds inf or NaN: such weights are never
+    written, so the last finite checkpoint and adapters stay on disk."""
+    bad = pl_module.nonfinite_parameters() if hasattr(pl_module, "nonfinite_parameters") else []
+    if bad:
+        log.error("%d trainable weights are non-finite (e.g. %s): %s", len(bad), bad[0], skipped)
+    return not bad
+
+
+class FiniteCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that does not write a checkpoint holding a non-finite trainable weight."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if weights_finite(trainer.lightning_module, f"checkpoint {filepath} not written"):
+            super()._save_checkpoint(trainer, filepath)

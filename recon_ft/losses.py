@@ -96,12 +96,18 @@ def text_cycle_loss(logits_on_generated: torch.Tensor, labels: torch.Tensor, lab
     return caption_loss(logits_on_generated, labels, label_smoothing)
 
 
-def soft_tokens(logits: torch.Tensor, tau: float = 1.0, gumbel: bool = False) -> torch.Tensor:
+def soft_tokens(logits: torch.Tensor, tau: float = 1.0, gumbel: bool = False,
+                rng: torch.Generator | None = None) -> torch.Tensor:
     """Token distributions p (B, N, V) from logits (B, N, V).
 
     softmax(logits / tau), or a straight-through Gumbel-softmax sample: one-hot forward, the
-    relaxed sample's gradient backward.
+    relaxed sample's gradient backward. The Gumbel noise g = -log(E), E ~ Exp(1), comes from
+    `rng` (the step's generator, so a resumed run draws the same), not from the global RNG.
     """
-    if gumbel:
-        return F.gumbel_softmax(logits.float(), tau=tau, hard=True)
-    return torch.softmax(logits.float() / tau, dim=-1)
+    if not gumbel:
+        return torch.softmax(logits.float() / tau, dim=-1)
+    logits = logits.float()
+    exp = torch.empty_like(logits).exponential_(generator=rng)  # (B, N, V)
+    soft = torch.softmax((logits - exp.log()) / tau, dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+    return hard - soft.detach() + soft

@@ -13,6 +13,7 @@ import torch
 from recon_ft.frozen_cache import CacheConfig, FrozenCache
 from recon_ft.models.bridge import VocabBridge
 from recon_ft.objective import LossConfig, compute_losses
+from recon_ft.utils import expect
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,21 @@ class OptimConfig:
         out = cls(**cfg)
         if out.schedule not in ("constant", "cosine"):
             raise ValueError(f"optim.schedule: expected constant or cosine, got {out.schedule!r}")
+        out.check_ranges()
         return out
+
+    def check_ranges(self) -> None:
+        for model in ("captioner", "generator"):
+            m = getattr(self, model)
+            # a negative rate would ascend the loss
+            expect(m.lr >= 0, f"optim.{model}.lr", ">= 0", m.lr)
+            expect(m.weight_decay >= 0, f"optim.{model}.weight_decay", ">= 0", m.weight_decay)
+            expect(m.grad_clip is None or m.grad_clip > 0, f"optim.{model}.grad_clip", "> 0 or null", m.grad_clip)
+        expect(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+                "two values in [0, 1)", list(self.betas))
+        expect(self.eps > 0, "optim.eps", "> 0", self.eps)
+        expect(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+        expect(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
@@ -92,7 +107,10 @@ class ReconModule(L.LightningModule):
         self.frozen_cache = build_frozen_cache(frozen_cache, generator)
         # Checkpoints hold the trainable parameters only; the frozen base comes from its source.
         self.strict_loading = False
-        self._bad_samples = 0
+        # Bad training items: positions in the training set (each counted once however often it
+        # is drawn), plus bad samples a dataset reported without a position.
+        self._bad_items: set[int] = set()
+        self._bad_unplaced = 0
         self._nonfinite_total = 0
         self._nonfinite_run = 0  # consecutive
         self._skip_step = False
@@ -105,8 +123,23 @@ class ReconModule(L.LightningModule):
         return [p for p in model.parameters() if p.requires_grad]
 
     # -- steps ------------------------------------------------------------------------------------
+    @property
+    def bad_samples(self) -> int:
+        """Distinct bad training items seen so far on this process, with those the dataset left out
+        when indexing (an empty caption, say)."""
+        return len(self._bad_items) + self._bad_unplaced + self._bad_at_index()
+
+    def _bad_at_index(self) -> int:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return int(getattr(datamodule, "num_bad_at_index", {}).get("train", 0))
+
+    def _count_bad(self, batch) -> None:
+        placed = list(batch.get("bad_index", ()))
+        self._bad_items.update(int(i) for i in placed)
+        self._bad_unplaced += int(batch.get("n_bad", 0)) - len(placed)
+
     def training_step(self, batch, batch_idx):
-        self._bad_samples += int(batch.get("n_bad", 0))
+        self._count_bad(batch)
         if not batch["caption"]:  # every sample of this batch was bad (and skipped)
             return None
         out = compute_losses(
@@ -118,7 +151,7 @@ class ReconModule(L.LightningModule):
         if self._logs_this_step():
             for name, value in out.items():
                 self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "loss")
-            self.log("data/bad_samples", float(self._bad_samples), batch_size=b)
+            self.log("data/bad_samples", float(self.bad_samples), batch_size=b)
             self.log("train/nonfinite_steps", float(self._nonfinite_total), batch_size=b)
             if self.frozen_cache is not None:
                 for name, value in self.frozen_cache.stats().items():
@@ -135,8 +168,7 @@ class ReconModule(L.LightningModule):
         return bool(getattr(connector, "should_update_logs", True))
 
     def _guard_nonfinite(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A non-finite loss on any rank skips the optimizer step on every rank, and is counted;
-        `max_nonfinite_steps` in a row stop training.
+        """A non-finite loss on any rank skips the optimizer step on every rank, and is counted.
 
         The step still runs backward on a zero loss that touches every trainable parameter, so
         DDP's gradient all-reduce stays in step across ranks; the gradients are then dropped in
@@ -144,26 +176,51 @@ class ReconModule(L.LightningModule):
         """
         finite = bool(torch.isfinite(out["loss"].detach()).item())
         if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            self._nonfinite_run = 0
             return out["loss"]
-        self._nonfinite_total += 1
-        self._nonfinite_run += 1
         self._skip_step = True
         terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items() if k.startswith("loss_"))
-        log.warning("non-finite loss at step %d (%s): step skipped", self.global_step, terms)
-        if self._nonfinite_run >= self.max_nonfinite_steps:
-            raise FloatingPointError(
-                f"{self._nonfinite_run} consecutive non-finite losses (last: {terms}); stopping. "
-                "Lower the learning rates, use bf16-mixed instead of 16-mixed, or raise max_nonfinite_steps."
-            )
+        self._count_nonfinite(f"non-finite loss ({terms})")
         return sum(p.sum() for p in self.trainable_named_parameters().values()) * 0.0
 
+    def _count_nonfinite(self, what: str) -> None:
+        """Count a skipped step; `max_nonfinite_steps` in a row stop training."""
+        self._nonfinite_total += 1
+        self._nonfinite_run += 1
+        log.warning("%s at step %d: step skipped", what, self.global_step)
+        if self._nonfinite_run >= self.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{self._nonfinite_run} consecutive non-finite steps (last: {what}); stopping. "
+                "Lower the learning rates, use bf16-mixed instead of 16-mixed, or raise max_nonfinite_steps."
+            )
+
+    def _grads_finite(self, optimizer) -> bool:
+        """Whether every gradient the optimizer would apply is finite, on every rank.
+
+        A finite loss can still give inf / NaN gradients (an overflow in backward, weights already
+        huge after too large a step); one such step turns every weight it touches into NaN.
+        One device sync: the per-tensor checks are stacked before `.item()`.
+        """
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.stack([g.isfinite().all() for g in grads]).all().item()) if grads else True
+        return self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self._skip_step:
+        # Lightning calls this after the AMP grad scaler has unscaled the gradients and before
+        # clipping and the optimizer step: the gradients checked are the ones the step would apply.
+        skip, self._skip_step = self._skip_step, False
+        if not skip and not self._grads_finite(optimizer):
+            skip = True
+            self._count_nonfinite("non-finite gradients")
+        if skip:
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None
-            self._skip_step = False
+        else:
+            self._nonfinite_run = 0
+
+    def nonfinite_parameters(self) -> list[str]:
+        """Names of trainable parameters holding inf or NaN (none, unless a step slipped through)."""
+        return [name for name, p in self.trainable_named_parameters().items() if not torch.isfinite(p).all()]
 
     def step_rng(self, batch_number: int | None = None) -> torch.Generator:
         """Timesteps and noise of a training batch drawn from (seed, batch number, rank).
@@ -200,6 +257,25 @@ class ReconModule(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(cov, step=0)
 
+    def on_train_end(self) -> None:
+        # Written once more at the end of every run, so runs shorter than log_every_n_steps have
+        # them too; the bad items are the union over ranks (a padded shard repeats items).
+        totals = {"data/bad_samples": float(self._bad_samples_all_ranks()),
+                  "train/nonfinite_steps": float(self._nonfinite_total)}
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(totals, step=self.global_step)
+
+    def _bad_samples_all_ranks(self) -> int:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.bad_samples
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (self._bad_items, self._bad_unplaced))
+        items = set().union(*(s for s, _ in gathered))
+        return len(items) + sum(n for _, n in gathered) + self._bad_at_index()
+
     # -- optimization -----------------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.optim_cfg
@@ -232,7 +308,12 @@ class ReconModule(L.LightningModule):
         trainable = set(self.trainable_named_parameters())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         # The data position itself is the data module's state.
-        checkpoint["counters"] = {"bad_samples": self._bad_samples, "nonfinite_steps": self._nonfinite_total}
+        checkpoint["counters"] = {
+            "bad_samples": self.bad_samples,
+            "bad_items": sorted(self._bad_items),  # positions in the training set
+            "bad_unplaced": self._bad_unplaced,
+            "nonfinite_steps": self._nonfinite_total,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = set(self.trainable_named_parameters()) - set(checkpoint["state_dict"])
@@ -242,5 +323,6 @@ class ReconModule(L.LightningModule):
                 "was it written with the same adapter configuration?"
             )
         counters = checkpoint.get("counters", {})
-        self._bad_samples = counters.get("bad_samples", 0)
+        self._bad_items = set(counters.get("bad_items", ()))
+        self._bad_unplaced = counters.get("bad_unplaced", 0)
         self._nonfinite_total = counters.get("nonfinite_steps", 0)

@@ -18,7 +18,7 @@ import torch
 
 from recon_ft import losses as L
 from recon_ft.frozen_cache import FrozenCache
-from recon_ft.utils import dataclass_from
+from recon_ft.utils import dataclass_from, expect
 
 
 @dataclass
@@ -45,7 +45,17 @@ class LossConfig:
             raise ValueError(f"loss.schedule: expected joint or alternate, got {out.schedule!r}")
         if out.cycle_grads not in ("own", "both"):
             raise ValueError(f"loss.cycle_grads: expected own or both, got {out.cycle_grads!r}")
+        out.check_ranges()
         return out
+
+    def check_ranges(self) -> None:
+        for name in ("w_cap", "w_gen", "lambda_img", "lambda_txt"):
+            expect(getattr(self, name) >= 0, f"loss.{name}", ">= 0", getattr(self, name))
+        expect(0 <= self.label_smoothing < 1, "loss.label_smoothing", "in [0, 1)", self.label_smoothing)
+        expect(self.tau > 0, "loss.tau", "> 0", self.tau)
+        expect(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma", "> 0 or null",
+                self.min_snr_gamma)
+        expect(self.t_max is None or self.t_max > 0, "loss.t_max", "> 0 or null", self.t_max)
 
     def weights(self, batch_idx: int = 0) -> dict[str, float]:
         w = {"cap": self.w_cap, "gen": self.w_gen, "i2t2i": self.lambda_img, "t2i2t": self.lambda_txt}
@@ -123,8 +133,10 @@ def compute_losses(
         caption_mask = (tokens.labels[:, p_len:] != L.IGNORE_INDEX) & (
             tokens.input_ids[:, p_len:] != captioner.eos_token_id
         )  # (B, N): caption tokens, not [SEP] or padding
-        probs = L.soft_tokens(logits[:, p_len - 1 : -1], cfg.tau, cfg.gumbel)  # (B, N, V_C)
-        token_embeds = bridge.embed(probs, generator.token_embedding.weight)  # (B, N, D_tok)
+        probs = L.soft_tokens(logits[:, p_len - 1 : -1], cfg.tau, cfg.gumbel, rng)  # (B, N, V_C)
+        # P(next position continues the word), (B, N): sends "skate ##board" to "skate board</w>"
+        next_continues = bridge.next_continues(probs, caption_mask)
+        token_embeds = bridge.embed(probs, generator.token_embedding.weight, next_continues)  # (B, N, D_tok)
         cond_soft = generator.encode_soft(token_embeds, caption_mask.sum(1), critic=critic)
         pred_soft = generator.denoise(zt, t, cond_soft, critic=critic)
         out["loss_i2t2i"] = L.image_cycle_loss(pred_soft, target, snr_w)

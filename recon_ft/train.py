@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recon_ft.module import ReconModule
+from recon_ft.settings import check_training_config
 from recon_ft.summary import write_summary
 from recon_ft.utils import is_rank_zero
 
@@ -65,6 +66,7 @@ def _floats(metrics) -> dict[str, float]:
 
 
 def fit(cfg: DictConfig) -> tuple[L.Trainer, ReconModule]:
+    check_training_config(cfg)  # before any model is built
     L.seed_everything(cfg.seed, workers=True)
     _one_line_per_log_message()
     run_dir = Path(cfg.run_dir)

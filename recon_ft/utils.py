@@ -24,3 +24,9 @@ def dataclass_from(cls: type[T], cfg: Mapping[str, Any] | None, section: str) ->
     if unknown:
         raise ValueError(f"{section}: unknown options {sorted(unknown)}; available: {sorted(names)}")
     return cls(**cfg)
+
+
+def expect(ok: bool, option: str, expected: str, value) -> None:
+    """ValueError "<option>: expected <expected>, got <value>" unless ok."""
+    if not ok:
+        raise ValueError(f"{option}: expected {expected}, got {value!r}")

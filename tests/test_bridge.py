@@ -250,3 +250,57 @@ def test_real_pair_embed_and_mass(real):
     ids = src("a picture of a dog on a red couch", add_special_tokens=False)["input_ids"]
     one_hot = torch.nn.functional.one_hot(torch.tensor([ids]), bridge.src_size).float()
     assert bridge.mass_coverage(one_hot).item() == 1.0  # common caption words all match
+
+
+def test_word_start_before_a_continuation_takes_the_non_final_form():
+    """"dog ##s" -> "dog s</w>" (the bare "dog", id 3), not "dog</w> s</w>"; the share of a
+    position's mass that goes to the non-final form is the next position's mass on "##" pieces."""
+    bridge = VocabBridge.from_vocabs(SRC, DST, src_special=SRC_SPECIAL, dst_special=DST_SPECIAL,
+                                     fallback="drop")
+    assert bridge.continues.nonzero().flatten().tolist() == [7, 8, 10]  # ##dog, ##s, ##ing
+    # only dog / ##dog have a non-final form distinct from their match ("ing" is bare already)
+    assert dict(zip(bridge.nonfinal_src.tolist(), bridge.nonfinal_dst.tolist())) == {6: 3, 7: 3}
+    W = torch.eye(len(DST))  # e = q: the embedding shows the V_G token(s) directly
+    one_hot = torch.nn.functional.one_hot(torch.tensor([[6, 8, 9]]), len(SRC)).float()  # dog ##s red
+    mask = torch.ones(1, 3)
+    c = bridge.next_continues(one_hot, mask)
+    assert c.tolist() == [[1.0, 0.0, 0.0]]
+    e = bridge.embed(one_hot, W, c)
+    assert e.argmax(-1).tolist() == [[3, 4, 5]] and e.sum(-1).tolist() == [[1.0, 1.0, 1.0]]  # dog s</w> red</w>
+    # without the continuation (the landed behaviour): dog</w>
+    assert bridge.embed(one_hot, W).argmax(-1).tolist() == [[2, 4, 5]]
+    # soft: the next position is "##s" with probability 1/4, so "dog" splits 3/4 final, 1/4 not
+    p = one_hot.clone()
+    p[0, 1] = 0.0
+    p[0, 1, 8], p[0, 1, 9] = 0.25, 0.75
+    c = bridge.next_continues(p, mask)
+    assert c.tolist() == [[0.25, 0.0, 0.0]]
+    q = bridge.embed(p, W, c)
+    torch.testing.assert_close(q[0, 0], torch.eye(len(DST))[2] * 0.75 + torch.eye(len(DST))[3] * 0.25)
+    # a masked next position (end of caption) never counts as a continuation
+    assert bridge.next_continues(one_hot, torch.tensor([[1.0, 0.0, 0.0]])).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_real_pair_skateboard_and_the_share_of_tokens_affected(real):
+    src, dst, bridge = real
+    ids = src(["a man riding a skateboard"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert src.convert_ids_to_tokens(ids[0]) == ["a", "man", "riding", "a", "skate", "##board"]
+    one_hot = torch.nn.functional.one_hot(ids, bridge.src_size).float()
+    mask = torch.ones_like(ids)
+    q = bridge.project(one_hot)  # final forms
+    W = torch.arange(bridge.dst_size, dtype=torch.float32).unsqueeze(1)  # (|V_G|, 1), W[i] = i
+    e = bridge.embed(one_hot, W, bridge.next_continues(one_hot, mask))  # (1, 6, 1): the chosen V_G ids
+    chosen = dst.convert_ids_to_tokens(e.squeeze(-1).round().long()[0].tolist())
+    assert chosen == ["a</w>", "man</w>", "riding</w>", "a</w>", "skate", "board</w>"]
+    assert dst.convert_ids_to_tokens(q.argmax(-1)[0].tolist())[-2:] == ["skate</w>", "board</w>"]
+    # COCO-style captions: 10 of their 58 tokens start or continue a word that goes on
+    from recon_ft.models.bridge import _SAMPLE_CAPTIONS
+
+    batch = src(_SAMPLE_CAPTIONS, add_special_tokens=False, padding=True, return_tensors="pt")
+    assert bridge.nonfinal_share(batch["input_ids"], batch["attention_mask"]) == pytest.approx(10 / 58)
+    # the synthetic benchmark's grammar has no word BERT splits: nothing changes there
+    from recon_ft.data.synthetic import captions, generate
+
+    texts = [c for i in range(50) for c in captions(generate(0, "train", i, 16)[0])]
+    batch = src(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    assert bridge.nonfinal_share(batch["input_ids"], batch["attention_mask"]) == 0.0

@@ -37,7 +37,7 @@ def test_collated_batch_shapes_and_value_ranges():
     batches = _all_batches(dm.train_dataloader())
     assert [len(b["caption"]) for b in batches] == [4, 4, 2]
     batch = batches[0]
-    assert set(batch) == {"image_cap", "image_gen", "caption", "references", "id", "n_bad"}
+    assert set(batch) == {"image_cap", "image_gen", "caption", "references", "id", "n_bad", "bad_index"}
     assert batch["image_cap"].shape == (4, 3, 32, 32) and batch["image_cap"].dtype == torch.float32
     assert batch["image_gen"].shape == (4, 3, 24, 24) and batch["image_gen"].dtype == torch.float32
     assert batch["n_bad"] == 0
@@ -113,6 +113,19 @@ def test_raise_mode_names_the_file(tmp_path, kind, reason):
     assert str(jl[kind]) in str(err.value) and reason in str(err.value)
 
 
+def test_raise_mode_in_a_worker_process_is_one_line_naming_the_file(tmp_path):
+    """The DataLoader re-raises a worker's error from its formatted traceback; the error the user
+    sees is still BadSampleError("<file>: <reason>"), one line."""
+    jl = write_jsonl(tmp_path, 2, missing=True)
+    dm = CaptionDataModule(train=JsonlCaptions(jl["jsonl"]), batch_size=3, num_workers=1, on_bad_sample="raise",
+                           **VIEWS)
+    dm.train_sampler.shuffle = False
+    with pytest.raises(BadSampleError) as err:
+        next(iter(dm.train_dataloader()))
+    assert str(err.value) == f"{jl['missing']}: image file not found"
+    assert (err.value.source, err.value.reason) == (str(jl["missing"]), "image file not found")
+
+
 def test_raise_mode_reports_empty_captions_found_at_indexing(tmp_path):
     jl = write_jsonl(tmp_path, 2, empty_caption=True)
     dm = CaptionDataModule(train=JsonlCaptions(jl["jsonl"]), on_bad_sample="raise", **VIEWS)
@@ -156,14 +169,29 @@ def test_view_and_option_errors():
         CaptionDataModule(train=SyntheticCaptions("train", 2)).val_dataloader()
 
 
-def test_blip_augment_keeps_shape_and_varies():
-    dm = CaptionDataModule(train=SyntheticCaptions("train", 4, image_size=64), batch_size=4,
-                           caption_view=dict(size=32, augment="blip"), generator_view=dict(size=16))
+def test_blip_augment_keeps_shape_and_is_drawn_from_the_sample_position():
+    """Augmentation is a function of (seed, index, epoch), as the noise is: two passes over the same
+    epoch see the same views (so a resumed run does too), another epoch or seed other views."""
+    from recon_ft.data.sampler import SampleKey
+
+    def module(seed=0):
+        return CaptionDataModule(train=SyntheticCaptions("train", 4, image_size=64), batch_size=4, seed=seed,
+                                 caption_view=dict(size=32, augment="blip"), generator_view=dict(size=16))
+
+    dm = module()
     torch.manual_seed(0)
     a = next(iter(dm.train_dataloader()))
+    torch.manual_seed(1)  # the global RNG plays no part
     b = next(iter(dm.train_dataloader()))
-    assert a["image_cap"].shape == (4, 3, 32, 32) and not torch.equal(a["image_cap"], b["image_cap"])
+    assert a["image_cap"].shape == (4, 3, 32, 32) and torch.equal(a["image_cap"], b["image_cap"])
     assert torch.equal(a["image_gen"], b["image_gen"])  # the generator view is never augmented
+    plain = CaptionDataModule(train=SyntheticCaptions("train", 4, image_size=64), batch_size=4,
+                              caption_view=dict(size=32), generator_view=dict(size=16))
+    assert not torch.equal(a["image_cap"], next(iter(plain.train_dataloader()))["image_cap"])  # augmented
+    view = dm._view_dataset("train")
+    epoch0, epoch1 = view[SampleKey(0, 0)]["image_cap"], view[SampleKey(0, 1)]["image_cap"]
+    assert torch.equal(epoch0, view[SampleKey(0, 0)]["image_cap"]) and not torch.equal(epoch0, epoch1)
+    assert not torch.equal(epoch0, module(seed=1)._view_dataset("train")[SampleKey(0, 0)]["image_cap"])
     eval_view = dm.eval_caption_view
     assert eval_view.augment == "none" and eval_view.size == (32, 32)
 

@@ -57,7 +57,7 @@ def test_nonfinite_loss_skips_the_step_and_is_counted(module):
 
 def test_consecutive_nonfinite_losses_stop_training(module):
     ok = fake_batch(module.captioner, module.generator)
-    with pytest.raises(FloatingPointError, match="2 consecutive non-finite losses"):
+    with pytest.raises(FloatingPointError, match="2 consecutive non-finite steps"):
         fit_on([ok, nan_batch(ok), nan_batch(ok), ok], module)
 
 
@@ -70,3 +70,87 @@ def test_bf16_mixed_keeps_adapters_fp32_and_trains(module):
     assert module._nonfinite_total == 0
     first, second = snaps.states
     assert any(not torch.equal(first[n], second[n]) for n in first)
+
+
+class InfGradient(L.Callback):
+    """Makes one gradient infinite after backward at optimizer step `at` (the loss stays finite),
+    as a step with a far too large learning rate does."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_after_backward(self, trainer, module):
+        if trainer.global_step == self.at:
+            grad = next(p.grad for p in module.trainable_named_parameters().values() if p.grad is not None)
+            grad.view(-1)[0] = float("inf")
+
+
+def test_nonfinite_gradients_with_a_finite_loss_skip_the_step(module, tmp_path):
+    from safetensors.torch import load_file
+
+    from recon_ft.callbacks import ExportAdapters
+
+    ok = fake_batch(module.captioner, module.generator)
+    snaps = Snapshots()
+    export = ExportAdapters(tmp_path / "adapters")
+    fit_on([ok, ok, ok], module, callbacks=[InfGradient(at=1), snaps, export])
+    assert module._nonfinite_total == 1
+    before, during, after = snaps.states
+    for name in before:
+        torch.testing.assert_close(during[name], before[name], rtol=0, atol=0)  # the step moved nothing
+    assert any(not torch.equal(after[n], during[n]) for n in before)  # training went on
+    assert all(torch.isfinite(v).all() for v in after.values())
+    for path in (tmp_path / "adapters").rglob("*.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(path).values()), path
+
+
+def test_consecutive_nonfinite_gradients_stop_training(module):
+    ok = fake_batch(module.captioner, module.generator)
+
+    class Always(InfGradient):
+        def on_after_backward(self, trainer, module):
+            self.at = trainer.global_step
+            super().on_after_backward(trainer, module)
+
+    with pytest.raises(FloatingPointError, match="2 consecutive non-finite steps"):
+        fit_on([ok, ok, ok], module, callbacks=[Always(0)])
+
+
+class PoisonWeights(L.Callback):
+    """Writes NaN into a trainable weight after the first step (as an unguarded step would)."""
+
+    def on_train_batch_end(self, trainer, module, *args):
+        next(iter(module.trainable_named_parameters().values())).data.view(-1)[0] = float("nan")
+
+
+def test_nonfinite_weights_are_never_written(module, tmp_path):
+    from recon_ft.callbacks import ExportAdapters, FiniteCheckpoint
+
+    ok = fake_batch(module.captioner, module.generator)
+    saver = FiniteCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    export = ExportAdapters(tmp_path / "adapters")
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[PoisonWeights(), saver, export])
+    loader = torch.utils.data.DataLoader([ok], batch_size=None, collate_fn=lambda b: b)
+    trainer.fit(module, train_dataloaders=loader)
+    assert module.nonfinite_parameters()
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
+    assert not (tmp_path / "adapters").exists()
+
+
+def test_bf16_true_keeps_the_schedule_float32_and_feeds_the_vae_its_dtype():
+    """Module.to(bfloat16) (Lightning's bf16-true) casts buffers; a_0 = 0.99915 would become 1.0."""
+    _, generator = tiny_pair()
+    want = generator.alphas_cumprod.clone()
+    generator.to(torch.bfloat16)
+    assert generator.alphas_cumprod.dtype == torch.float32
+    torch.testing.assert_close(generator.alphas_cumprod, want, rtol=0, atol=0)
+    assert generator.vae.dtype == torch.bfloat16 and generator.vae_dtype == torch.bfloat16
+    seen = []
+    hook = generator.vae.encoder.conv_in.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    images = torch.rand(2, 3, generator.image_size, generator.image_size) * 2 - 1  # float32 from the loader
+    moments = generator.encode_moments(images)
+    hook.remove()
+    assert seen == [torch.bfloat16] and torch.isfinite(moments.float()).all()
+    latents = torch.randn(2, 4, *moments.shape[-2:])
+    assert generator.decode_latents(latents).dtype == torch.bfloat16

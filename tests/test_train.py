@@ -73,7 +73,8 @@ def test_run_writes_every_output(run):
 
 def test_checkpoint_holds_only_trainable_parameters(run):
     run_dir, _, module = run
-    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    # plain data only: loads with weights_only=True, as evaluation loads it
+    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert set(ckpt["state_dict"]) == set(module.trainable_named_parameters())
     assert all("lora" in k for k in ckpt["state_dict"])
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["global_step"] == 8
@@ -156,6 +157,27 @@ def test_resume_continues_where_the_run_stopped(run, tmp_path):
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_resume_is_exact_with_augmentation_on_a_coco_corpus(tmp_path):
+    """With augment=blip (crop, flip, RandAugment), interrupted after step 4 mid-epoch and resumed,
+    the adapters equal the uninterrupted run's: each view is drawn from (seed, index, epoch)."""
+    from recon_ft.data.fabricate import write_coco_karpathy
+
+    paths = write_coco_karpathy(tmp_path / "coco", n_per_split=12)  # 24 training images: 6 batches an epoch
+    coco = ["data=coco", f"paths.coco={tmp_path / 'coco'}", f"data.train.image_root={paths['image_root']}",
+            f"data.val.image_root={paths['image_root']}", "data.num_workers=0", "data.caption_view.augment=blip",
+            "trainer.max_steps=8"]
+    trainer, straight = fit(compose_train(tmp_path / "straight", *coco, synthetic=False))
+    assert straight.bad_samples == 0 and trainer.global_step == 8  # every image read and trained on
+    stop = ["+callbacks.stop._target_=tests.test_train.StopAt", "+callbacks.stop.step=4"]
+    fit(compose_train(tmp_path / "first", *coco, *stop, synthetic=False))
+    ckpt = tmp_path / "first/checkpoints/step000004.ckpt"
+    trainer, resumed = fit(compose_train(tmp_path / "resumed", *coco, f"ckpt_path={ckpt}", synthetic=False))
+    assert trainer.global_step == 8
+    want, got = trainable_state(straight), trainable_state(resumed)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_alternate_schedule_and_paper_style_full_training(tmp_path):
     """The reference schedule with full (non-LoRA) training of the cross-attention queries."""
     overrides = [
@@ -174,28 +196,82 @@ def test_alternate_schedule_and_paper_style_full_training(tmp_path):
     assert (tmp_path / "adapters/captioner/trainable_weights.safetensors").exists()
 
 
-def test_bad_samples_are_skipped_and_counted_or_raise(tmp_path):
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    with (run_dir / "logs/metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def last_logged(run_dir: Path, key: str) -> float:
+    return float([row[key] for row in metrics_rows(run_dir) if row.get(key)][-1])
+
+
+def bad_corpus(tmp_path: Path) -> list[str]:
+    """captions.jsonl with 8 good lines and one bad line of each kind: a corrupt image, a missing
+    image (both found when loaded) and an empty caption (left out when indexing). Batches of 4
+    over the 10 indexed items: an epoch is 3 batches."""
     from recon_ft.data.fabricate import write_jsonl
 
     paths = write_jsonl(tmp_path / "data", n=8, corrupt=True, missing=True, empty_caption=True)
-    jsonl = paths["jsonl"]
-    common = [
-        "data=jsonl",
-        f"paths.jsonl={jsonl}",
-        "data.num_workers=0",
-        "data.caption_view.augment=none",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-    ]
-    trainer, module = fit(compose_train(tmp_path / "skip", *common, synthetic=False))
-    assert trainer.global_step == 2
-    logged = (tmp_path / "skip/logs/metrics.csv").read_text()
-    assert "data/bad_samples" in logged
-    assert module._bad_samples >= 1
+    return ["data=jsonl", f"paths.jsonl={paths['jsonl']}", "data.num_workers=0", "data.caption_view.augment=none",
+            "trainer.val_check_interval=3"]
+
+
+def test_bad_samples_are_counted_once_each_and_written_at_the_end(tmp_path):
+    """Two epochs draw the corrupt and the missing image twice each: still 3 bad items (with the
+    empty caption), written at the end of a run shorter than log_every_n_steps."""
+    trainer, module = fit(compose_train(tmp_path / "skip", *bad_corpus(tmp_path), "trainer.max_steps=6",
+                                        "trainer.log_every_n_steps=50", synthetic=False))
+    assert trainer.global_step == 6 and trainer.current_epoch >= 1
+    assert module.bad_samples == 3
+    assert last_logged(tmp_path / "skip", "data/bad_samples") == 3.0
+    assert last_logged(tmp_path / "skip", "train/nonfinite_steps") == 0.0
 
     with pytest.raises(ValueError) as err:
-        fit(compose_train(tmp_path / "raise", *common, "data.on_bad_sample=raise", synthetic=False))
+        fit(compose_train(tmp_path / "raise", *bad_corpus(tmp_path), "data.on_bad_sample=raise", synthetic=False))
     assert str(tmp_path / "data") in str(err.value)
+
+
+class InfGradientAt(L.Callback):
+    """One infinite gradient at optimizer step `at` (a skipped, counted step)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_after_backward(self, trainer, module):
+        if trainer.global_step == self.at:
+            next(p.grad for p in module.trainable_named_parameters().values() if p.grad is not None).fill_(float("inf"))
+
+
+class CountersAtStart(L.Callback):
+    """Records the module's counters when training (re)starts, after a checkpoint is restored."""
+
+    seen: dict = {}
+
+    def on_train_start(self, trainer, module):
+        CountersAtStart.seen = {"bad_samples": module.bad_samples, "nonfinite_steps": module._nonfinite_total}
+
+
+def test_resume_into_the_same_folder_keeps_the_log_and_the_counters(tmp_path):
+    """A run stopped after step 4 and resumed in its own folder: metrics.csv keeps the rows before
+    the checkpoint, and the bad-sample and non-finite counters continue from the checkpoint's."""
+    run_dir = tmp_path / "run"
+    common = [*bad_corpus(tmp_path), "trainer.max_steps=6"]
+    stop = ["+callbacks.stop._target_=tests.test_train.StopAt", "+callbacks.stop.step=4",
+            "+callbacks.inf._target_=tests.test_train.InfGradientAt", "+callbacks.inf.at=1"]
+    fit(compose_train(run_dir, *common, *stop, synthetic=False))
+    before = metrics_rows(run_dir)
+    assert {int(r["step"]) for r in before if r.get("train/loss")} >= {0, 2, 3}
+    probe = ["+callbacks.probe._target_=tests.test_train.CountersAtStart"]
+    trainer, module = fit(compose_train(run_dir, *common, *probe, f"ckpt_path={run_dir}/checkpoints/step000004.ckpt",
+                                        synthetic=False))
+    assert trainer.global_step == 6
+    assert CountersAtStart.seen == {"bad_samples": 3, "nonfinite_steps": 1}
+    after = metrics_rows(run_dir)
+    assert after[: len(before)] == [{**{k: "" for k in after[0]}, **r} for r in before]  # history kept
+    assert max(int(r["step"]) for r in after) > max(int(r["step"]) for r in before)
+    assert last_logged(run_dir, "data/bad_samples") == 3.0 and last_logged(run_dir, "train/nonfinite_steps") == 1.0
 
 
 def test_config_mistakes_give_short_messages(tmp_path):
@@ -217,3 +293,11 @@ def test_config_mistakes_give_short_messages(tmp_path):
     missing = run_cli("data=coco", f"paths.coco={tmp_path}/nowhere")
     assert missing.returncode == 2
     assert "dataset_coco.json" in missing.stderr and "Traceback" not in missing.stderr
+    ascent = run_cli("optim.captioner.lr=-1")
+    assert ascent.returncode == 2 and ascent.stderr.splitlines()[0] == "error: optim.captioner.lr: expected >= 0, got -1"
+    truncated = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    cut = run_cli(f"ckpt_path={truncated}")
+    assert cut.returncode == 2 and "Traceback" not in cut.stderr
+    assert cut.stderr.splitlines()[0] == f"error: {truncated}: not a readable checkpoint (truncated, or not written by torch.save)"

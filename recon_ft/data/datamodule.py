@@ -6,7 +6,8 @@ return RAW samples:
      (the reference chosen for this epoch), "references": list[str], "domain": str (optional)}
 `ViewDataset` turns one into {"id", "image_cap": (3, Hc, Wc), "image_gen": (3, Hg, Wg) in
 [-1, 1], "caption", "references", ["domain"]} or, for a bad sample with on_bad_sample="skip",
-None; `CaptionCollate` stacks the good ones and counts the rest in "n_bad".
+None (the training set: a `BadSample` naming its position); `CaptionCollate` stacks the good ones
+and counts the rest in "n_bad" (positions of the `BadSample`s in "bad_index").
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning import LightningDataModule
@@ -32,9 +33,28 @@ ON_BAD_SAMPLE = ("skip", "raise")
 class BadSampleError(ValueError):
     """A sample that cannot be used; `source` names the file (or item), `reason` what is wrong."""
 
-    def __init__(self, source: str, reason: str):
+    def __init__(self, source: str, reason: str | None = None):
+        if reason is None:  # re-raised from a DataLoader worker: one message holding its traceback
+            source, reason = _from_worker(source)
         super().__init__(f"{source}: {reason}")
         self.source, self.reason = source, reason
+
+
+def _from_worker(message: str) -> tuple[str, str]:
+    """(source, reason) out of the message a DataLoader worker's error arrives with in the main
+    process ("Caught BadSampleError in DataLoader worker process 0. Original Traceback ...",
+    whose last line is "...BadSampleError: <source>: <reason>"), so the user sees one line."""
+    last = message.rstrip().splitlines()[-1] if message.strip() else message
+    text = last.split("BadSampleError: ", 1)[-1]
+    source, _, reason = text.partition(": ")  # a reason may hold ": " too
+    return (source, reason) if reason else (text, "bad sample")
+
+
+class BadSample(NamedTuple):
+    """What the training set's ViewDataset returns for a bad sample: its position in the dataset,
+    so a bad item drawn in several epochs is counted once."""
+
+    index: int
 
 
 def load_image(image: Image.Image | str | Path) -> Image.Image:
@@ -62,49 +82,52 @@ class ViewDataset(Dataset):
     """Wraps a raw-sample dataset: loads the image, makes both views, handles bad samples.
 
     on_bad_sample="skip": a missing / unreadable / corrupt image or an empty caption gives None
-    (dropped by CaptionCollate) and one warning per file and process; "raise": BadSampleError
-    naming the file. The training target `caption` is cut to `max_words` words, as the
+    (with mark_bad, BadSample(index); dropped by CaptionCollate) and one warning per file and
+    process; "raise": BadSampleError naming the file. The captioner view's augmentation is drawn
+    from (seed, index, epoch), so a resumed run sees the same views as an uninterrupted one. The training target `caption` is cut to `max_words` words, as the
     reference implementation does; `references` are kept whole, for metrics.
     """
 
     def __init__(self, dataset: Dataset, caption_view: CaptionerView, generator_view: GeneratorView,
-                 on_bad_sample: str = "skip", max_words: int | None = 30):
+                 on_bad_sample: str = "skip", max_words: int | None = 30, seed: int = 0, mark_bad: bool = False):
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
         self.dataset, self.caption_view, self.generator_view = dataset, caption_view, generator_view
         self.on_bad_sample, self.max_words = on_bad_sample, max_words
+        self.seed = seed  # with the key's (epoch, index): the augmentation's draw
+        self.mark_bad = mark_bad  # a bad sample gives BadSample(index) instead of None
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def _bad(self, source: str, reason: str) -> None:
+    def _bad(self, key: Any, source: str, reason: str) -> BadSample | None:
         if self.on_bad_sample == "raise":
             raise BadSampleError(source, reason)
         if source not in self._warned:
             self._warned.add(source)
             log.warning("skipping bad sample %s: %s", source, reason)
-        return None
+        return BadSample(unpack_key(key)[0]) if self.mark_bad else None
 
-    def __getitem__(self, key: Any) -> dict[str, Any] | None:
+    def __getitem__(self, key: Any) -> dict[str, Any] | BadSample | None:
         try:
             raw = self.dataset[key]
         except BadSampleError as err:
-            return self._bad(err.source, err.reason)
+            return self._bad(key, err.source, err.reason)
         except OSError as err:  # a dataset that reads files itself
-            return self._bad(f"item {unpack_key(key)[0]}", f"{type(err).__name__}: {err}")
+            return self._bad(key, f"item {unpack_key(key)[0]}", f"{type(err).__name__}: {err}")
         image = raw["image"]
         source = image if isinstance(image, (str, Path)) else f"item {raw.get('id')}"
         caption = truncate_words(str(raw.get("caption") or ""), self.max_words)
         if not caption:
-            return self._bad(str(source), "empty caption")
+            return self._bad(key, str(source), "empty caption")
         try:
             image = load_image(image)
         except BadSampleError as err:
-            return self._bad(err.source, err.reason)
+            return self._bad(key, err.source, err.reason)
         sample = {
             "id": raw["id"],
-            "image_cap": self.caption_view(image),  # (3, Hc, Wc)
+            "image_cap": self.caption_view(image, draw=(self.seed, *unpack_key(key))),  # (3, Hc, Wc)
             "image_gen": self.generator_view(image),  # (3, Hg, Wg), [-1, 1]
             "caption": caption,
             "references": list(raw.get("references") or [caption]),
@@ -126,8 +149,8 @@ class CaptionCollate:
     def __init__(self, caption_size: int | tuple[int, int], generator_size: int | tuple[int, int]):
         self.caption_size, self.generator_size = as_hw(caption_size), as_hw(generator_size)
 
-    def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
-        good = [s for s in samples if s is not None]
+    def __call__(self, samples: list[dict[str, Any] | BadSample | None]) -> dict[str, Any]:
+        good = [s for s in samples if isinstance(s, dict)]
         batch: dict[str, Any] = {
             "image_cap": torch.stack([s["image_cap"] for s in good]) if good
             else torch.empty(0, 3, *self.caption_size),
@@ -137,6 +160,7 @@ class CaptionCollate:
             "references": [s["references"] for s in good],
             "id": [s["id"] for s in good],
             "n_bad": len(samples) - len(good),
+            "bad_index": [s.index for s in samples if isinstance(s, BadSample)],
         }
         if any("domain" in s for s in good):
             batch["domain"] = [s.get("domain", "") for s in good]
@@ -222,7 +246,8 @@ class CaptionDataModule(LightningDataModule):
         if bad:
             log.warning("%s data: %d samples left out when indexing (first: %s: %s)", split, len(bad), *bad[0])
         view = self.train_caption_view if split == "train" else self.eval_caption_view
-        self._wrapped[split] = ViewDataset(dataset, view, self.generator_view, self.on_bad_sample, self.max_words)
+        self._wrapped[split] = ViewDataset(dataset, view, self.generator_view, self.on_bad_sample, self.max_words,
+                                           seed=self.seed, mark_bad=split == "train")
         return self._wrapped[split]
 
     # ------------------------------------------------------------------ loaders

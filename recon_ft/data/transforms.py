@@ -3,6 +3,8 @@
 Captioner view: float (3, Hc, Wc), normalized with the captioner's mean / std.
   augment="blip": RandomResizedCrop(scale 0.5-1, bicubic) + horizontal flip + RandAugment(2, 5),
   the reference implementation's training view; augment="none": plain bicubic resize.
+  The random choices are a function of `draw` (seed, index, epoch) when given (the data module
+  gives it), like the noise, so resume is exact and worker processes draw reproducibly.
   Note that flips swap "left of" / "right of" and RandAugment changes colours: use "none" for the
   synthetic benchmark, whose captions are about exactly those.
 Generator view: float (3, Hg, Wg) in [-1, 1] (the VAE's input range), plain resize, no crop or
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -32,6 +35,12 @@ def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
         return size, size
     h, w = (int(s) for s in size)
     return h, w
+
+
+def augment_seed(draw: Sequence[int]) -> int:
+    """A 63-bit seed from (seed, index, epoch); the trailing constant keeps this stream apart from
+    the reference choice's and the synthetic generator's."""
+    return int(np.random.SeedSequence([*(int(d) % 2**63 for d in draw), 0xA06]).generate_state(2, np.uint64)[0] >> 1)
 
 
 class CaptionerView:
@@ -54,8 +63,14 @@ class CaptionerView:
             geometry = [T.Resize(self.size, interpolation=InterpolationMode.BICUBIC)]
         self.transform = T.Compose([*geometry, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
+    def __call__(self, image: Image.Image, draw: Sequence[int] | None = None) -> torch.Tensor:
+        if self.augment == "none" or draw is None:
+            return self.transform(image)
+        # torchvision's random transforms draw from the global torch RNG: seed it from the sample's
+        # position for this call only (fork_rng restores the stream afterwards).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augment_seed(draw))
+            return self.transform(image)
 
     def __repr__(self) -> str:
         return f"CaptionerView(size={self.size}, augment={self.augment!r})"

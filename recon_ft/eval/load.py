@@ -105,7 +105,7 @@ def load_run(path: str | Path, ckpt: str | None = None) -> Pair:
         # The run's adapter layout (fresh adapters), then the checkpoint's trained values.
         captioner = _instantiate(cap_cfg, **cap_base)
         generator = _instantiate(gen_cfg, **gen_base)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint)
         if "state_dict" not in state:
             raise ValueError(f"{checkpoint}: not a Lightning checkpoint (no state_dict)")
         for prefix, model in (("captioner.", captioner), ("generator.", generator)):
@@ -127,6 +127,29 @@ def load_run(path: str | Path, ckpt: str | None = None) -> Pair:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint's contents, unpickled with `weights_only=True`: tensors, numbers,
+    strings and containers only, so a checkpoint from elsewhere cannot run code when loaded (the
+    project's own checkpoints hold nothing else). One error naming the file otherwise."""
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is long and suggests weights_only=False; keep its one line naming the object
+        what = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
+        raise ValueError(f"{path}: refused: it holds objects other than tensors and plain data, which "
+                         f"could run code when loaded. {what}".rstrip()) from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a Lightning checkpoint (a {type(state).__name__}, not a dict)")
+    return state
 
 
 def _instantiate(model_cfg: DictConfig, **overrides):

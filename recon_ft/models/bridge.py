@@ -20,6 +20,21 @@ the source token's, preferring whole-word forms; for wordpiece -> bpe that is th
 "dog" / "##dog" -> "dog</w>" if it exists, else "dog" (most BERT tokens are whole words, and a
 "##" piece usually ends its word). Positions stay one-to-one with the captioner's positions.
 
+Word-final or not. A WordPiece token followed by a "##" continuation does not end its word:
+"skate ##board" must become "skate board</w>", not "skate</w> board</w>" (CLIP's end-of-word
+marks tell its encoder where words end). So a matched row also has a non-final target, the V_G
+token of the same text without "</w>" where one exists ("skate"). The soft caption is a
+distribution per position, so whether the next token continues the word is not one fact but a
+probability: c_i = the mass that position i+1's distribution puts on "##" tokens (0 after the
+caption's last token). Position i's embedding is split by it:
+
+    e_i = (1 - c_i) p_i B W + c_i p_i B' W      (B': B with the non-final targets)
+
+That is the captioner's own belief about the word boundary, the same distribution the soft
+caption carries (the teacher-forced reference's next token would describe the reference's words,
+not the captioner's), exact when p is one-hot (Gumbel, or a tokenized caption), and
+differentiable in p. Fallback rows keep their final form.
+
 Rows of B (one per V_C token) are of three kinds:
 
 - matched: one entry of weight 1 on the matched V_G token.
@@ -146,6 +161,17 @@ class VocabBridge(nn.Module):
         self.register_buffer("matched", matched.bool(), persistent=False)
         self.register_buffer("fallback_mask", fallback_mask.bool(), persistent=False)
         self.stats = dict(stats or {})  # build-time counts that need the token strings
+        empty = torch.zeros(0, dtype=torch.long)
+        self.set_word_continuation(torch.zeros(self.src_size, dtype=torch.bool), empty, empty)
+
+    def set_word_continuation(self, continues: torch.Tensor, nonfinal_src: torch.Tensor,
+                              nonfinal_dst: torch.Tensor) -> None:
+        """continues: (|V_C|,) bool, the token continues the word before it ("##" pieces);
+        nonfinal_src / nonfinal_dst: (n,) the matched rows whose non-final V_G form differs, and
+        that form (weight 1)."""
+        self.register_buffer("continues", continues.bool(), persistent=False)
+        self.register_buffer("nonfinal_src", nonfinal_src.long(), persistent=False)
+        self.register_buffer("nonfinal_dst", nonfinal_dst.long(), persistent=False)
 
     # ------------------------------------------------------------------ building
 
@@ -194,6 +220,8 @@ class VocabBridge(nn.Module):
         matched = torch.zeros(n_src, dtype=torch.bool)
         fallback_mask = torch.zeros(n_src, dtype=torch.bool)
         special = torch.zeros(n_src, dtype=torch.bool)
+        continues = torch.zeros(n_src, dtype=torch.bool)  # "##" pieces: continue the word before them
+        nonfinal: dict[int, int] = {}  # V_C id -> V_G id of its non-final form, where it differs
         src_idx: list[int] = []
         dst_idx: list[int] = []
         weights: list[float] = []
@@ -209,12 +237,17 @@ class VocabBridge(nn.Module):
             if not parsed.text:
                 continue  # no text: unmapped
             src_texts.add(parsed.text)
+            continues[i] = parsed.starts_word is False and src_style == "wordpiece" and dst_style == "bpe"
             cands = by_text.get(parsed.text)
             if cands:
                 matched[i] = True
                 src_idx.append(i)
                 dst_idx.append(_best_match(parsed, cands))
                 weights.append(1.0)
+                if dst_style == "bpe":
+                    inner = _best_match(parsed._replace(ends_word=False), cands)
+                    if inner != dst_idx[-1]:
+                        nonfinal[i] = inner
             else:
                 unmatched.append((i, parsed.text))
 
@@ -245,7 +278,7 @@ class VocabBridge(nn.Module):
             # comparable with the reference's 20,525 and the naive probe's 26,142)
             "dst_with_counterpart": sum(len(v) for k, v in by_text.items() if k in src_texts),
         }
-        return cls(
+        bridge = cls(
             torch.tensor(src_idx, dtype=torch.long),
             torch.tensor(dst_idx, dtype=torch.long),
             torch.tensor(weights, dtype=torch.float32),
@@ -254,6 +287,9 @@ class VocabBridge(nn.Module):
             dst_size=len(dst_tokens),
             stats=stats,
         )
+        bridge.set_word_continuation(continues, torch.tensor(sorted(nonfinal), dtype=torch.long),
+                                     torch.tensor([nonfinal[i] for i in sorted(nonfinal)], dtype=torch.long))
+        return bridge
 
     @classmethod
     def from_tokenizers(cls, src_tokenizer, dst_tokenizer, fallback: str = "pieces") -> "VocabBridge":
@@ -280,17 +316,46 @@ class VocabBridge(nn.Module):
 
     # ------------------------------------------------------------------ using
 
-    def embed(self, p: torch.Tensor, dst_embedding: torch.Tensor) -> torch.Tensor:
+    def embed(self, p: torch.Tensor, dst_embedding: torch.Tensor,
+              next_continues: torch.Tensor | None = None) -> torch.Tensor:
         """Soft generator-token embeddings e = p B W, (B, L, |V_C|) x (|V_G|, d) -> (B, L, d).
 
         M = B W is formed row-sparsely, M[src] += weight * W[dst] (|V_C|, d), then e = p M:
         O(nnz d + B L |V_C| d), no |V_G|-sized intermediate. Differentiable w.r.t. p and W
         (gather and index_add both have gradients). Computed in W's dtype.
+
+        next_continues (B, L) in [0, 1], the probability that the next position continues the
+        word (`next_continues`): that share of each position's mass goes to the non-final forms,
+        e = p M + c * (p[:, :, rows] D) with D = W[non-final] - M[rows] on the n rows that differ.
         """
         W = dst_embedding
         rows = W.index_select(0, self.dst) * self.weight.to(W.dtype).unsqueeze(1)  # (nnz, d)
         M = W.new_zeros(self.src_size, W.shape[1]).index_add(0, self.src, rows)  # (|V_C|, d)
-        return p.to(W.dtype) @ M
+        p = p.to(W.dtype)
+        e = p @ M
+        if next_continues is None or self.nonfinal_src.numel() == 0:
+            return e
+        delta = W.index_select(0, self.nonfinal_dst) - M.index_select(0, self.nonfinal_src)  # (n, d)
+        shift = p.index_select(-1, self.nonfinal_src) @ delta  # (B, L, d)
+        return e + next_continues.to(W.dtype).unsqueeze(-1) * shift
+
+    def next_continues(self, p: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """c (B, L): the mass position i+1 of p (B, L, |V_C|) puts on word-continuing tokens;
+        0 at the last position and where position i+1 is not counted by mask (B, L)."""
+        c = p @ self.continues.to(p.dtype)  # (B, L): P(position continues the word before it)
+        if mask is not None:
+            c = c * mask.to(p.dtype)
+        return torch.cat([c[:, 1:], c.new_zeros(c.shape[0], 1)], dim=1)
+
+    def nonfinal_share(self, input_ids: torch.Tensor, mask: torch.Tensor) -> float:
+        """Share of the tokens of tokenized captions (B, L), counted where mask, whose bridged form
+        is the non-final one (the next token continues the word and a non-final form exists)."""
+        one_hot = nn.functional.one_hot(input_ids, self.src_size).float()  # (B, L, |V_C|)
+        nxt = self.next_continues(one_hot, mask) > 0.5
+        has_form = torch.zeros(self.src_size, dtype=torch.bool, device=input_ids.device)
+        has_form[self.nonfinal_src] = True
+        affected = nxt & has_form[input_ids] & mask.bool()
+        return float(affected.sum()) / max(1, int(mask.sum()))
 
     def project(self, p: torch.Tensor) -> torch.Tensor:
         """q = p B: (..., |V_C|) -> (..., |V_G|). Dense in |V_G|; for tests and analyses."""
@@ -328,6 +393,8 @@ class VocabBridge(nn.Module):
             "n_fallback": n_fallback,
             "n_unmapped": n_unmapped,  # includes the special tokens
             "n_special": self.stats.get("n_special"),
+            # matched V_C tokens with a distinct non-final V_G form ("skate" besides "skate</w>")
+            "n_nonfinal": int(self.nonfinal_src.numel()),
             # V_G tokens with a same-text V_C token (any boundary form)
             "dst_with_counterpart": self.stats.get("dst_with_counterpart"),
             # V_G tokens that B's matched rows actually point to (one per matched V_C token)
@@ -421,6 +488,8 @@ def _report() -> None:
         one_hot = nn.functional.one_hot(ids["input_ids"], bridge.src_size).float()  # (5, L, |V_C|)
         mass = bridge.mass_coverage(one_hot, ids["attention_mask"])
         print(f"  mass on matched tokens, {len(_SAMPLE_CAPTIONS)} sample captions (one-hot): {mass:.1%}")
+        share = bridge.nonfinal_share(ids["input_ids"], ids["attention_mask"])
+        print(f"  V_C tokens with a non-final form: {c['n_nonfinal']}; caption tokens sent to it: {share:.1%}")
 
 
 if __name__ == "__main__":

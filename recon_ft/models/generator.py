@@ -45,10 +45,23 @@ class StableDiffusionGenerator(nn.Module):
         self.eos_token_id = tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id
         self.image_size = int(unet.config.sample_size) * self.vae_scale_factor
-        self.vae_dtype = torch.float32  # the VAE stays out of fp16 autocast (NaN/black images otherwise)
         # An AutoencoderTiny (TAESD) standing in for the VAE decoder in `decode_latents`, or None.
         self.cycle_decoder = cycle_decoder.requires_grad_(False) if cycle_decoder is not None else None
         self.decode_chunk: int | None = None  # decode this many rows at a time (set with checkpointing)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's own dtype: float32 under *-mixed precision (it runs outside autocast: NaN or
+        black images in fp16 otherwise), bfloat16 under bf16-true. Its input is cast to it."""
+        return next(self.vae.parameters()).dtype
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) (Lightning's *-true precisions) casts floating buffers too; the noise
+        # schedule stays float32: in bfloat16 a_0 = 0.99915 rounds to 1.0 and a_t is off by up to 0.4%.
+        schedule = self.alphas_cumprod
+        super()._apply(fn, recurse)
+        self.alphas_cumprod = schedule.to(self.alphas_cumprod.device)
+        return self
 
     @property
     def vae_scale_factor(self) -> int:
@@ -140,7 +153,7 @@ class StableDiffusionGenerator(nn.Module):
             cfg = self.cycle_decoder.config
             z = latents / cfg.scaling_factor + getattr(cfg, "shift_factor", 0.0)
             return self.cycle_decoder.decode(z).sample
-        with torch.autocast(latents.device.type, enabled=self.vae_dtype != torch.float32):
+        with torch.autocast(latents.device.type, enabled=False):
             return self.vae.decode(latents.to(self.vae_dtype) / self.latent_scale).sample
 
     # -- diffusion ------------------------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""Checks of a training config that need no model: numeric ranges and the checkpoint to resume
+from, run before anything is built (building real models takes seconds to minutes), each failing
+with one line naming the option or file and what was expected."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from recon_ft.frozen_cache import CacheConfig
+from recon_ft.objective import LossConfig
+from recon_ft.utils import expect
+
+
+def at_least(option: str, value, low, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    expect(isinstance(value, (int, float)) and value >= low, option, f">= {low}", value)
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """Every setting with a valid range, and `ckpt_path`; ValueError / FileNotFoundError otherwise."""
+    from recon_ft.module import OptimConfig  # the module pulls in Lightning; settings stay light
+
+    LossConfig.coerce(OmegaConf.to_container(cfg.loss, resolve=True))
+    OptimConfig.coerce(OmegaConf.to_container(cfg.optim, resolve=True))
+    if cfg.get("frozen_cache"):
+        CacheConfig.coerce(OmegaConf.to_container(cfg.frozen_cache, resolve=True))
+    at_least("max_nonfinite_steps", cfg.get("max_nonfinite_steps", 10), 1)
+    data = cfg.data
+    at_least("data.batch_size", data.get("batch_size", 8), 1)
+    at_least("data.eval_batch_size", data.get("eval_batch_size"), 1, allow_none=True)
+    at_least("data.num_workers", data.get("num_workers", 0), 0)
+    at_least("data.max_words", data.get("max_words"), 1, allow_none=True)
+    trainer = cfg.trainer
+    at_least("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
+    at_least("trainer.log_every_n_steps", trainer.get("log_every_n_steps", 50), 1)
+    at_least("trainer.max_steps", trainer.get("max_steps", -1), -1)
+    if cfg.get("ckpt_path"):
+        check_checkpoint_file(cfg.ckpt_path)
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file that exists and is a whole torch.save archive (a zip whose central
+    directory, written last, is present): a copy cut short fails here with its name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
+    return path
