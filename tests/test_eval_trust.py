@@ -59,3 +59,37 @@ def test_caption_lengths_count_the_prompt_as_blip_does():
     assert captioner.new_token_range(20, 2) == {"max_new_tokens": 16, "min_new_tokens": 0}
     with pytest.raises(ValueError, match=r"caption.max_length=4 .*expected more than 4"):
         beam_captions(captioner, images, CaptionSettings(max_length=4, min_length=1))
+
+
+# ------------------------------------------------------------------------------------ item 9: Java
+
+
+def test_missing_java_fails_before_predicting(tmp_path, monkeypatch):
+    import shutil
+
+    import pytest
+    from tests.test_eval_pipeline import run_eval
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else which(name, *a, **k))
+    out = tmp_path / "eval"
+    with pytest.raises(RuntimeError, match=r"no `java` is on PATH: install a Java runtime"):
+        run_eval(out, "limit=2")
+    assert not (out / "images").exists()  # nothing generated
+
+
+def test_rows_are_written_before_the_analysis(tmp_path, monkeypatch):
+    import pytest
+    from recon_ft.eval import pipeline
+    from tests.test_eval_pipeline import rows_of, run_eval
+
+    def failing_analysis(rows, *args, **kwargs):
+        raise RuntimeError("a metric failed")
+
+    monkeypatch.setattr(pipeline, "analyze", failing_analysis)
+    out = tmp_path / "eval"
+    with pytest.raises(RuntimeError, match="a metric failed"):
+        run_eval(out, "limit=2", "analysis.k=2")
+    rows = rows_of(out)
+    assert [r["index"] for r in rows] == [0, 1]
+    assert [len(r["i2t2i"]) for r in rows] == [2, 2] and all((out / r["gen"]["image"]).is_file() for r in rows)

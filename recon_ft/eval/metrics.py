@@ -34,9 +34,13 @@ NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
 # --------------------------------------------------------------------------- COCO caption metrics
 
 
-def _require_java() -> None:
+def require_java() -> None:
+    """Fail unless `java` is on PATH; the evaluation calls it before predicting, so a missing
+    Java costs no generation time."""
     if shutil.which("java") is None:
-        raise RuntimeError("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR run on it)")
+        raise RuntimeError("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR run on it), "
+                           "and no `java` is on PATH: install a Java runtime (e.g. apt-get install "
+                           "default-jre-headless)")
 
 
 def ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
@@ -44,7 +48,7 @@ def ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, l
     One Java call for everything."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    _require_java()
+    require_java()
     data = {k: [{"caption": str(c)} for c in caps] for k, caps in captions.items()}
     out = PTBTokenizer().tokenize(data)
     # the tokenizer's output lines are zipped with the input; trailing empty captions can lose

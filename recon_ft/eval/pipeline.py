@@ -23,6 +23,7 @@ from recon_ft.eval.captioning import CaptionSettings
 from recon_ft.eval.generation import GenerationSettings
 from recon_ft.eval.load import Pair, load_pair
 from recon_ft.eval.predict import EvalModule, EvalSettings, Head, eval_loader
+from recon_ft.eval import metrics as M
 from recon_ft.eval import report
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    M.require_java()  # the analysis needs it: fail now rather than after hours of generation
     out_dir = Path(cfg.out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = build_trainer(cfg, out_dir)
@@ -121,6 +123,9 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     rows, notes = module.rows, []
+    # The predictions are saved before the analysis (which rewrites them with its scores), so a
+    # failing metric never loses the generation's work.
+    report.write_samples(rows, out_dir)
     device = module.device
     fid_feature = instantiate(cfg.metrics.fid) if cfg.metrics.get("fid") else None
     if fid_feature is not None:
