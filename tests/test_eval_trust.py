@@ -4,6 +4,9 @@ multirun summary, the CPU-only install."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from recon_ft.eval.captioning import CaptionSettings, beam_captions
@@ -43,7 +46,6 @@ def _lengths_of_generate(captioner, images, s: CaptionSettings, bias: float) -> 
 
 
 def test_caption_lengths_count_the_prompt_as_blip_does():
-    import pytest
     from recon_ft.models.captioner import build_blip
 
     captioner = build_blip(tiny={"image_size": 32})
@@ -67,19 +69,17 @@ def test_caption_lengths_count_the_prompt_as_blip_does():
 def test_missing_java_fails_before_predicting(tmp_path, monkeypatch):
     import shutil
 
-    import pytest
     from tests.test_eval_pipeline import run_eval
 
     which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else which(name, *a, **k))
     out = tmp_path / "eval"
-    with pytest.raises(RuntimeError, match=r"no `java` is on PATH: install a Java runtime"):
+    with pytest.raises(FileNotFoundError, match=r"no `java` is on PATH: install a Java runtime"):
         run_eval(out, "limit=2")
     assert not (out / "images").exists()  # nothing generated
 
 
 def test_rows_are_written_before_the_analysis(tmp_path, monkeypatch):
-    import pytest
     from recon_ft.eval import pipeline
     from tests.test_eval_pipeline import rows_of, run_eval
 
@@ -93,3 +93,140 @@ def test_rows_are_written_before_the_analysis(tmp_path, monkeypatch):
     rows = rows_of(out)
     assert [r["index"] for r in rows] == [0, 1]
     assert [len(r["i2t2i"]) for r in rows] == [2, 2] and all((out / r["gen"]["image"]).is_file() for r in rows)
+
+
+# ------------------------------------------------------------------------------------ item 8: FID / IS per selection
+
+
+def _png(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_fid_and_is_of_each_t2i2t_selection(tmp_path):
+    import numpy as np
+    from recon_ft.eval import metrics as M
+    from recon_ft.eval.analyses import AnalysisSettings, image_set_metrics
+    from recon_ft.eval.features import TinyImageFeatures
+    from recon_ft.eval.generation import load_png
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(5):
+        names = ["source", "t2i_0", "t2i_1", "t2i_2"]
+        for n, name in enumerate(names):  # each image set has its own brightness: distinct FIDs
+            _png(tmp_path / f"{i}/{name}.png", (rng.random((16, 16, 3)) * 60 + 60 * n).astype(np.uint8))
+        rows.append({"source_image": f"{i}/source.png", "gen": {"image": f"{i}/t2i_0.png"},
+                     "t2i2t": [{"image": f"{i}/t2i_{j}.png"} for j in range(3)],
+                     "t2i2t_selected": {"first": 0, "best": 2, "random": 1 + i % 2}})
+    feature = TinyImageFeatures(num_features=8)
+    notes = []
+    out = image_set_metrics(rows, tmp_path, AnalysisSettings(is_splits=10), feature, feature, notes)
+
+    def images(j_of):
+        return torch.stack([load_png(tmp_path / f"{i}/t2i_{j_of(i)}.png") for i in range(5)])
+
+    sources = torch.stack([load_png(tmp_path / f"{i}/source.png") for i in range(5)])
+    expected = {"first": images(lambda i: 0), "best": images(lambda i: 2), "random": images(lambda i: 1 + i % 2)}
+    assert sorted(out) == sorted(["gen/FID", "gen/IS", "gen/IS_std", *(f"t2i2t/{m}_{how}" for m in ("FID", "IS")
+                                                                       for how in expected)])
+    for how, fake in expected.items():
+        assert out[f"t2i2t/FID_{how}"] == M.fid(sources, fake, feature), how
+        assert out[f"t2i2t/IS_{how}"] == M.inception_score(fake, feature, splits=5)[0], how
+    assert out["gen/FID"] == out["t2i2t/FID_first"] and out["gen/IS"] == out["t2i2t/IS_first"]
+    assert len({out[f"t2i2t/FID_{how}"] for how in expected}) == 3 and notes == []
+
+
+def test_center_crop_of_real_images_for_fid(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+    from tests.test_eval_pipeline import run_eval
+
+    root = tmp_path / "mine"
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(2):  # wide images: a crop and a squash differ
+        _png(root / f"{i}.png", (rng.random((24, 48, 3)) * 255).astype(np.uint8))
+        lines.append(json.dumps({"image": f"{i}.png", "caption": "a small red circle"}))
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    args = ["data=jsonl", f"paths.jsonl={root / 'captions.jsonl'}", "split=val", "analysis.k=2"]
+    metrics = run_eval(tmp_path / "crop", *args, "metrics.fid_real=center_crop")
+    assert metrics["extractors/fid_real"] == "center_crop"
+    for i in range(2):
+        with Image.open(root / f"{i}.png") as im:
+            crop = np.asarray(T.CenterCrop(32)(T.Resize(32)(im.convert("RGB"))))
+            squash = np.asarray(T.Resize((32, 32))(im.convert("RGB")))
+        with Image.open(tmp_path / f"crop/images/{i:06d}/source.png") as im:
+            assert np.array_equal(np.asarray(im), crop)
+        assert not np.array_equal(crop, squash)
+    metrics = run_eval(tmp_path / "resize", *args, "analysis.i2t2i=false", "analysis.t2i2t=false")
+    assert metrics["extractors/fid_real"] == "resize"
+    with Image.open(root / "0.png") as im, Image.open(tmp_path / "resize/images/000000/source.png") as src:
+        assert np.array_equal(np.asarray(src), np.asarray(T.Resize((32, 32))(im.convert("RGB"))))
+
+
+# ------------------------------------------------------------------------------------ items 14, 15: what a user reads
+
+
+def test_random_extractors_are_named_and_the_report_opens_with_a_summary(tmp_path, capsys):
+    import json
+
+    from tests.test_eval_pipeline import run_eval
+
+    out = tmp_path / "eval"
+    metrics = run_eval(out, "report.grid_items=3")  # metrics=tiny, the default
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert {k: v for k, v in on_disk.items() if k.startswith("extractors/")} == {
+        "extractors/clip": "tiny random CLIP (seed 0)",
+        "extractors/fid": "tiny random conv net (seed 0)",
+        "extractors/inception_score": "tiny random conv net (seed 0)",
+        "extractors/random": True,
+        "extractors/fid_real": "resize",
+    }
+    warning = ("RANDOM feature extractors (tiny random CLIP (seed 0); tiny random conv net (seed 0)): CLIP score, "
+               "CLIP-I, FID and IS here mean nothing, however good they look. Use metrics=real for numbers "
+               "comparable with the literature.")
+    console = capsys.readouterr().out
+    assert f"WARNING: {warning}" in console
+    assert f"CIDEr {metrics['caption/CIDEr']:.4g}  BLEU-4 {metrics['caption/BLEU-4']:.4g}" in console
+    fid = " / ".join(f"{metrics[f't2i2t/FID_{how}']:.4g}" for how in ("first", "best", "random"))
+    assert f"t2i2t FID (first / best / random): {fid}\n" in console
+
+    page = (out / "report.html").read_text()
+    summary = page[page.index("<h2>Summary</h2>"):page.index("<h2>Run</h2>")]
+    assert page.index("<h2>Summary</h2>") < page.index("<table")  # nothing before the summary
+    assert f'<div class="warning">{warning}</div>' in summary
+    head = "".join(f"<th>{h}</th>" for h in ["CIDEr", "BLEU-4", "METEOR", "SPICE", "caption exact", "FID", "IS",
+                                             "CLIP score", "CLIP-I"])
+    assert head in summary
+    assert (f"<td>{metrics['gen/FID']:.4f}</td><td>{metrics['gen/IS']:.4f}</td>"
+            f"<td>{metrics['gen/clip_score']:.4f}</td><td>{metrics['gen/clip_i']:.4f}</td>") in summary
+    assert (f"<tr><td>best</td><td>{metrics['t2i2t/sbert_best']:.4f}</td><td>{metrics['t2i2t/clip_score_best']:.4f}"
+            f"</td><td>{metrics['t2i2t/FID_best']:.4f}</td><td>{metrics['t2i2t/IS_best']:.4f}</td></tr>") in summary
+    assert (f"<tr><td>random</td><td>{metrics['i2t2i/clip_i_random']:.4f}</td>"
+            f"<td>{metrics['i2t2i/random/CIDEr']:.4f}</td></tr>") in summary
+    # one screen: 3 small tables (10 rows), then two grids; the full tables and the third grid after
+    assert summary.count("<tr>") == 10 and summary.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3
+    assert page.index("data:image/png;base64,") < page.index("<th>metric</th>")
+    assert "<th>selection</th><th>mean cider</th><th>mean clip_score</th><th>mean sbert</th>" \
+           "<th>mean synthetic_exact</th><th>FID</th><th>IS</th></tr>" in page
+
+
+def test_no_warning_for_real_extractors():
+    from types import SimpleNamespace
+
+    from recon_ft.eval.report import console_summary, extractor_info, random_warning
+
+    real = SimpleNamespace(description="open_clip ViT-B-32 (/w/clip.bin)", random=False)
+    info = extractor_info(real, None, None, "center_crop")
+    assert info == {"extractors/clip": "open_clip ViT-B-32 (/w/clip.bin)", "extractors/random": False,
+                    "extractors/fid_real": "center_crop"}
+    assert random_warning(info) is None
+    assert console_summary({**info, "gen/FID": 12.5}, "out") == "evaluation: out\nFID 12.5"
