@@ -230,3 +230,78 @@ def test_no_warning_for_real_extractors():
                     "extractors/fid_real": "center_crop"}
     assert random_warning(info) is None
     assert console_summary({**info, "gen/FID": 12.5}, "out") == "evaluation: out\nFID 12.5"
+
+
+# ------------------------------------------------------------------------------------ item 16: multirun summary
+
+
+def _fake_job(sweep, n, overrides, csv_text):
+    job = sweep / str(n)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if csv_text is not None:
+        (job / "logs").mkdir()
+        (job / "logs" / "metrics.csv").write_text(csv_text)
+
+
+def test_sweep_summary_tables_each_jobs_overrides_and_final_metrics(tmp_path, capsys):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    sweep = tmp_path / "multirun" / "train" / "2026-01-01_00-00-00"
+    header = "epoch,step,train/loss,train/loss_cap,val/loss,val/CIDEr\n"
+    _fake_job(sweep, 0, ["debug=fast", "loss.lambda_img=0"],
+              header + "0,0,2.5,1.0,,\n0,1,2.0,0.9,,\n0,1,,,1.75,0.125\n")
+    _fake_job(sweep, 1, ["debug=fast", "loss.lambda_img=0.5"],
+              header + "0,0,3.0,1.1,,\n0,1,,,1.5,0.25\n0,1,2.25,0.8,,\n")
+    _fake_job(sweep, 10, ["debug=fast", "loss.lambda_img=1"], None)  # a job that left no metrics
+    _fake_job(sweep, 2, ["debug=fast", "loss.lambda_img=1", "seed=3"], header + "0,0,4.0,1.2,,\n")
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("train", overrides=[], return_hydra_config=True)
+    callback = instantiate(cfg.hydra.callbacks.sweep_summary)
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+
+    expected = ("| job | debug | loss.lambda_img | seed | val/CIDEr | val/loss | train/loss | note |\n"
+                "|---|---|---|---|---|---|---|---|\n"
+                "| 0 | fast | 0 |  | 0.125 | 1.75 | 2 |  |\n"
+                "| 1 | fast | 0.5 |  | 0.25 | 1.5 | 2.25 |  |\n"
+                "| 2 | fast | 1 | 3 |  |  | 4 |  |\n"
+                "| 10 | fast | 1 |  |  |  |  | no logs/metrics.csv (the job failed or its logger is not csv) |\n")
+    assert (sweep / "summary.md").read_text() == expected
+    assert (sweep / "summary.csv").read_text().splitlines() == [
+        "job,debug,loss.lambda_img,seed,val/CIDEr,val/loss,train/loss,note",
+        "0,fast,0,,0.125,1.75,2.0,", "1,fast,0.5,,0.25,1.5,2.25,", "2,fast,1,3,,,4.0,",
+        "10,fast,1,,,,,no logs/metrics.csv (the job failed or its logger is not csv)"]
+    assert expected in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_real_sweep_ends_with_its_summary(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from recon_ft.sweep_summary import final_metrics
+
+    root = Path(__file__).resolve().parents[1]
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", "debug=fast", "loss.lambda_img=0,0.5", f"hydra.sweep.dir={sweep}",
+         "trainer.max_steps=2", "data.train.size=8", "data.val.size=4", "data.batch_size=4"],
+        cwd=root, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (sweep / "summary.md").read_text()
+    assert table in proc.stdout
+    lines = table.splitlines()
+    columns = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert columns[:4] == ["job", "debug", "loss.lambda_img", "trainer.max_steps"] and "val/loss" in columns
+    for n, line in enumerate(lines[2:]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:3] == [str(n), "fast", ["0", "0.5"][n]]
+        final = final_metrics(sweep / str(n) / "logs" / "metrics.csv")
+        assert cells[columns.index("val/loss")] == f"{final['val/loss']:.4g}"
