@@ -280,6 +280,20 @@ def test_sweep_summary_tables_each_jobs_overrides_and_final_metrics(tmp_path, ca
     assert expected in capsys.readouterr().out
 
 
+# ------------------------------------------------------------------------------------ item 17: CPU-only install
+
+
+def test_readme_quick_start_installs_the_cpu_build_of_torch_first():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    cpu = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    assert lines.index(cpu) == lines.index('pip install -e ".[dev]"') - 1
+    assert "multirun/train/<date>_<time>/" in readme and "summary.md" in readme
+
+
 @pytest.mark.slow
 def test_a_real_sweep_ends_with_its_summary(tmp_path):
     import subprocess
