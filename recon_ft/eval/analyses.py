@@ -38,10 +38,11 @@ class AnalysisSettings:
     spice: str = "auto"  # auto | on | off
     meteor: bool = True
     fid_batch_size: int = 64
+    is_splits: int = 10  # Inception Score: mean and std over this many splits (at most one per image)
 
 
 def analyze(rows: list[dict[str, Any]], out_dir: Path, s: AnalysisSettings, clip=None, fid_feature=None,
-            notes: list[str] | None = None) -> dict[str, float | None]:
+            notes: list[str] | None = None, is_feature=None) -> dict[str, float | None]:
     """All metrics of an evaluation; adds per-candidate scores and selections to `rows` in place."""
     notes = notes if notes is not None else []
     metrics: dict[str, float | None] = {}
@@ -77,7 +78,6 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path, s: AnalysisSettings, clip
     log.info("generation metrics (FID over %d images)", len(rows))
     metrics["gen/clip_score"] = _mean(r["gen"]["clip_score"] for r in rows)
     metrics["gen/clip_i"] = _mean(r["gen"]["clip_i"] for r in rows)
-    metrics["gen/FID"] = fid_of(rows, out_dir, fid_feature, s.fid_batch_size, notes)
     if scenes is not None:
         oracle = [colour_match(_png_array(out_dir / r["gen"]["image"]), sc) for r, sc in zip(rows, scenes)]
         for name in ("count", "colour", "exact"):
@@ -87,6 +87,7 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path, s: AnalysisSettings, clip
         metrics.update(i2t2i(rows, keys, refs, s, scenes, metrics, notes))
     if s.t2i2t:
         metrics.update(t2i2t(rows, s, clip, scenes))
+    metrics.update(image_set_metrics(rows, out_dir, s, fid_feature, is_feature, notes))
     return {k: _clean(v) for k, v in metrics.items()}
 
 
@@ -202,15 +203,50 @@ def _png_batches(paths: list[Path], batch_size: int, desc: str) -> Iterator[torc
         yield torch.stack([load_png(p) for p in paths[i:i + batch_size]])
 
 
-def fid_of(rows, out_dir: Path, fid_feature, batch_size: int, notes: list[str]) -> float | None:
+def image_sets(rows) -> dict[str, list[str]]:
+    """The generated image sets scored by FID and IS, one image per item: "gen/" (the generation
+    metric's image) and, after the T2I2T analysis, each selection of k ("t2i2t/..._<selection>"),
+    which the paper compares (best of k against a random one)."""
+    sets = {"gen/": [r["gen"]["image"] for r in rows]}
+    if all("t2i2t_selected" in r for r in rows):
+        for how in SELECTIONS:
+            sets[f"t2i2t/{how}"] = [r["t2i2t"][r["t2i2t_selected"][how]]["image"] for r in rows]
+    return sets
+
+
+def _key(name: str, metric: str) -> str:
+    """("gen/", "FID") -> "gen/FID"; ("t2i2t/best", "FID") -> "t2i2t/FID_best"."""
+    prefix, how = name.split("/")
+    return f"{prefix}/{metric}" + (f"_{how}" if how else "")
+
+
+def image_set_metrics(rows, out_dir: Path, s: AnalysisSettings, fid_feature, is_feature,
+                      notes: list[str]) -> dict[str, float | None]:
+    """FID (against the source images; real features extracted once) and Inception Score of every
+    set of `image_sets`; None where no extractor is configured or too few items."""
+    sets = image_sets(rows)
+    out: dict[str, float | None] = {}
     if fid_feature is None:
-        return None
-    if len(rows) < 2:
+        out["gen/FID"] = None
+    elif len(rows) < 2:
         notes.append("FID skipped: it needs at least 2 items")
-        return None
-    real = _png_batches([out_dir / r["source_image"] for r in rows], batch_size, "FID real")
-    fake = _png_batches([out_dir / r["gen"]["image"] for r in rows], batch_size, "FID generated")
-    return M.fid(real, fake, fid_feature, batch_size=batch_size)
+        out.update({_key(name, "FID"): None for name in sets})
+    else:
+        log.info("FID of %d image sets (%d images each)", len(sets), len(rows))
+        real = _png_batches([out_dir / r["source_image"] for r in rows], s.fid_batch_size, "FID real")
+        fakes = {name: _png_batches([out_dir / p for p in paths], s.fid_batch_size, f"FID {name}")
+                 for name, paths in sets.items()}
+        for name, value in M.fid_many(real, fakes, fid_feature, batch_size=s.fid_batch_size).items():
+            out[_key(name, "FID")] = value
+    if is_feature is not None:
+        splits = min(s.is_splits, len(rows))
+        for name, paths in sets.items():
+            images = _png_batches([out_dir / p for p in paths], s.fid_batch_size, f"IS {name}")
+            mean, std = M.inception_score(images, is_feature, splits=splits, batch_size=s.fid_batch_size)
+            out[_key(name, "IS")] = mean
+            if name == "gen/":
+                out["gen/IS_std"] = std
+    return out
 
 
 def _png_array(path: Path) -> np.ndarray:

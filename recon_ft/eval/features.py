@@ -60,6 +60,10 @@ class ClipFeatures(nn.Module):
     ``batch_size`` and return float32 (B, D) on the model's device.
     """
 
+    # What produced the numbers, recorded in metrics.json (extractors/*); the builders set them.
+    description: str = "CLIP (unspecified weights)"
+    random: bool = False  # random weights: its scores mean nothing
+
     def __init__(self, model: nn.Module, tokenizer: Callable[[Sequence[str]], torch.Tensor],
                  image_size: int | tuple[int, int], mean: Sequence[float] = CLIP_MEAN,
                  std: Sequence[float] = CLIP_STD, batch_size: int = 64):
@@ -139,6 +143,9 @@ def open_clip_features(model_name: str = "ViT-B-32", pretrained: str | None = No
     tokenizer = open_clip.get_tokenizer(model_name)
     feats = ClipFeatures(model, tokenizer, cfg.get("size", model.visual.image_size),
                          cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD), batch_size)
+    feats.random = pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:"))
+    weights = "RANDOM weights" if feats.random else f"({pretrained or model_name})"
+    feats.description = f"open_clip {model_name} {weights}"
     return feats.to(device)
 
 
@@ -163,7 +170,9 @@ def tiny_clip_features(seed: int = 0, embed_dim: int = 32, image_size: int = 32,
         torch.default_generator.manual_seed(seed)  # CPU only: leave CUDA's RNG alone
         model = CLIP(**cfg)
     tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
-    return ClipFeatures(model, tokenizer, image_size, CLIP_MEAN, CLIP_STD, batch_size).to(device)
+    feats = ClipFeatures(model, tokenizer, image_size, CLIP_MEAN, CLIP_STD, batch_size)
+    feats.random, feats.description = True, f"tiny random CLIP (seed {seed})"
+    return feats.to(device)
 
 
 # --------------------------------------------------------------------------- FID / IS features
@@ -175,6 +184,8 @@ class _FrozenFeatures(nn.Module):
     feature module (without it, it runs a dummy 299 x 299 image to find the width)."""
 
     num_features: int
+    description: str = "image features"
+    random: bool = False  # random weights: FID / IS from it mean nothing
 
     def train(self, mode: bool = True):
         return super().train(False)
@@ -200,6 +211,7 @@ class InceptionFeatures(_FrozenFeatures):
                                       feature_extractor_weights_path=str(weights_path))
         self.net.requires_grad_(False)
         self.num_features = 1008 if num_features == "logits_unbiased" else int(num_features)
+        self.description = f"InceptionV3 {num_features} ({weights_path})"
         self.eval()
 
     @torch.no_grad()
@@ -216,6 +228,7 @@ class TinyImageFeatures(_FrozenFeatures):
     def __init__(self, num_features: int = 64, image_size: int = 64, seed: int = 0):
         super().__init__()
         self.num_features, self.image_size = int(num_features), int(image_size)
+        self.random, self.description = True, f"tiny random conv net (seed {seed})"
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             self.net = nn.Sequential(

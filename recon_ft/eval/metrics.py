@@ -34,9 +34,13 @@ NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
 # --------------------------------------------------------------------------- COCO caption metrics
 
 
-def _require_java() -> None:
+def require_java() -> None:
+    """Fail unless `java` is on PATH; the evaluation calls it before predicting, so a missing
+    Java costs no generation time."""
     if shutil.which("java") is None:
-        raise RuntimeError("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR run on it)")
+        raise FileNotFoundError("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR run on it), "
+                           "and no `java` is on PATH: install a Java runtime (e.g. apt-get install "
+                           "default-jre-headless)")
 
 
 def ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
@@ -44,7 +48,7 @@ def ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, l
     One Java call for everything."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    _require_java()
+    require_java()
     data = {k: [{"caption": str(c)} for c in caps] for k, caps in captions.items()}
     out = PTBTokenizer().tokenize(data)
     # the tokenizer's output lines are zipped with the input; trailing empty captions can lose
@@ -364,17 +368,29 @@ def fid(real, fake, feature: nn.Module | int = 2048, batch_size: int = 64,
     with ``weights_path`` (a local InceptionV3 file; never downloaded). Needs >= 2 images per side;
     standard FID needs thousands (its covariance is F x F).
     """
+    return fid_many(real, {"fake": fake}, feature, batch_size, weights_path)["fake"]
+
+
+def fid_many(real, fakes: Mapping[str, object], feature: nn.Module | int = 2048, batch_size: int = 64,
+             weights_path: str | None = None) -> dict[str, float]:
+    """``fid`` of several fake sets (name -> images or batches) against one real set, whose
+    features are extracted once -> {name: FID}."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     module = _feature_module(feature, weights_path)
     device = _module_device(module)
-    metric = FrechetInceptionDistance(feature=module, normalize=True, reset_real_features=True).to(device)
+    # reset_real_features=False: reset() between the fake sets keeps the real statistics
+    metric = FrechetInceptionDistance(feature=module, normalize=True, reset_real_features=False).to(device)
+    out = {}
     with torch.no_grad():
         for batch in _batches(real, batch_size):
             metric.update(batch.to(device, torch.float32), real=True)
-        for batch in _batches(fake, batch_size):
-            metric.update(batch.to(device, torch.float32), real=False)
-        return float(metric.compute())
+        for name, fake in fakes.items():
+            for batch in _batches(fake, batch_size):
+                metric.update(batch.to(device, torch.float32), real=False)
+            out[name] = float(metric.compute())
+            metric.reset()
+    return out
 
 
 def inception_score(images, feature: nn.Module | str = "logits_unbiased", splits: int = 10,

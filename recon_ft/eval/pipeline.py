@@ -18,11 +18,13 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from recon_ft.data.transforms import GeneratorView
 from recon_ft.eval.analyses import AnalysisSettings, analyze
 from recon_ft.eval.captioning import CaptionSettings
 from recon_ft.eval.generation import GenerationSettings
 from recon_ft.eval.load import Pair, load_pair
 from recon_ft.eval.predict import EvalModule, EvalSettings, Head, eval_loader
+from recon_ft.eval import metrics as M
 from recon_ft.eval import report
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,19 @@ def settings_from(cfg: DictConfig, pair: Pair) -> tuple[EvalSettings, AnalysisSe
     analysis = AnalysisSettings(k=int(a.k), i2t2i=bool(a.i2t2i), t2i2t=bool(a.t2i2t),
                                 text_similarity=str(cfg.metrics.text_similarity), select_seed=int(a.select_seed),
                                 spice=str(cfg.metrics.spice), meteor=bool(cfg.metrics.meteor),
-                                fid_batch_size=int(cfg.metrics.fid_batch_size))
+                                fid_batch_size=int(cfg.metrics.fid_batch_size),
+                                is_splits=int(cfg.metrics.get("is_splits", 10)))
     return predict, analysis
+
+
+FID_REAL = ("resize", "center_crop")
+
+
+def fid_real(cfg: DictConfig) -> str:
+    how = str(cfg.metrics.get("fid_real", "resize"))
+    if how not in FID_REAL:
+        raise ValueError(f"metrics.fid_real: expected one of {FID_REAL}, got {how!r}")
+    return how
 
 
 def build_datamodule(cfg: DictConfig, pair: Pair):
@@ -57,6 +70,9 @@ def build_datamodule(cfg: DictConfig, pair: Pair):
         caption_view={"size": c.image_size, "mean": c.mean.flatten().tolist(), "std": c.std.flatten().tolist()},
         generator_view={"size": g.image_size},
     )
+    if fid_real(cfg) == "center_crop":
+        # the source images (FID's real side, CLIP-I's reference) as FID's standard centre crop
+        dm._view_dataset(split).generator_view = GeneratorView(g.image_size, crop=True)
     dataset = dm.datasets[split]
     total = len(dataset)
     if cfg.get("limit") is not None and cfg.limit < total:
@@ -94,6 +110,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    M.require_java()  # the analysis needs it: fail now rather than after hours of generation
     out_dir = Path(cfg.out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = build_trainer(cfg, out_dir)
@@ -121,11 +138,15 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     rows, notes = module.rows, []
+    # The predictions are saved before the analysis (which rewrites them with its scores), so a
+    # failing metric never loses the generation's work.
+    report.write_samples(rows, out_dir)
     device = module.device
-    fid_feature = instantiate(cfg.metrics.fid) if cfg.metrics.get("fid") else None
-    if fid_feature is not None:
-        fid_feature = fid_feature.to(device)
-    metrics = analyze(rows, out_dir, analysis_settings, clip=clip, fid_feature=fid_feature, notes=notes)
+    fid_feature = instantiate(cfg.metrics.fid).to(device) if cfg.metrics.get("fid") else None
+    is_feature = instantiate(cfg.metrics.inception_score).to(device) if cfg.metrics.get("inception_score") else None
+    metrics = analyze(rows, out_dir, analysis_settings, clip=clip, fid_feature=fid_feature, notes=notes,
+                      is_feature=is_feature)
+    metrics.update(report.extractor_info(clip, fid_feature, is_feature, fid_real(cfg)))
     bad_at_index = int(datamodule.num_bad_at_index.get(cfg.split, 0))
     metrics.update({
         "data/items": float(len(rows)),
@@ -144,9 +165,10 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         "diffusion steps": predict_settings.steps,
         "guidance scale": predict_settings.generation.guidance_scale,
         "caption": f"{predict_settings.caption.mode}, {predict_settings.caption.num_beams} beams, length "
-                   f"{predict_settings.caption.min_length}-{predict_settings.caption.max_length}, top-p "
-                   f"{predict_settings.caption.top_p}",
+                   f"{predict_settings.caption.min_length}-{predict_settings.caption.max_length} with the prompt, "
+                   f"top-p {predict_settings.caption.top_p}",
         "devices": trainer.world_size,
+        "FID real images": metrics["extractors/fid_real"],
     }
     report.write_metrics(metrics, out_dir)
     report.write_samples(rows, out_dir)
@@ -163,4 +185,5 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     log.info("evaluation of %d items written to %s (%.0f s)", len(rows), out_dir, end - start)
     for note in notes:
         log.warning(note)
+    print(report.console_summary(metrics, out_dir), flush=True)
     return metrics

@@ -27,6 +27,60 @@ BACKGROUND = (255, 255, 255)
 FRAMES = {"best": (30, 160, 50), "random": (30, 70, 220)}
 
 
+SELECTIONS = ("first", "best", "random")
+SET_METRICS = ("FID", "IS")  # one number per image set (not a mean over items): no "mean" in tables
+# The first screen of report.html and the console summary: (label, metrics.json key).
+HEADLINE = [("CIDEr", "caption/CIDEr"), ("BLEU-4", "caption/BLEU-4"), ("METEOR", "caption/METEOR"),
+            ("SPICE", "caption/SPICE"), ("caption exact", "synthetic/caption_exact"), ("FID", "gen/FID"),
+            ("IS", "gen/IS"), ("CLIP score", "gen/clip_score"), ("CLIP-I", "gen/clip_i")]
+# Per selection, the few columns the summary shows: (label, key with {how}).
+SUMMARY_SELECTIONS = {
+    "i2t2i": [("CLIP-I", "i2t2i/clip_i_{how}"), ("CIDEr", "i2t2i/{how}/CIDEr")],
+    "t2i2t": [("SBERT", "t2i2t/sbert_{how}"), ("CLIP text", "t2i2t/clip_text_{how}"),
+              ("CLIP score", "t2i2t/clip_score_{how}"), ("FID", "t2i2t/FID_{how}"), ("IS", "t2i2t/IS_{how}")],
+}
+SUMMARY_GRIDS = 2
+
+
+def extractor_info(clip, fid_feature, is_feature, fid_real: str) -> dict[str, Any]:
+    """metrics.json's record of what produced the model-based numbers (extractors/*)."""
+    used = {"clip": clip, "fid": fid_feature, "inception_score": is_feature}
+    info: dict[str, Any] = {f"extractors/{name}": getattr(m, "description", type(m).__name__)
+                            for name, m in used.items() if m is not None}
+    info["extractors/random"] = any(getattr(m, "random", False) for m in used.values() if m is not None)
+    info["extractors/fid_real"] = fid_real
+    return info
+
+
+def random_warning(metrics: dict[str, Any]) -> str | None:
+    """The banner over numbers from random feature extractors (metrics=tiny), else None."""
+    if not metrics.get("extractors/random"):
+        return None
+    names = "; ".join(dict.fromkeys(str(metrics[k]) for k in ("extractors/clip", "extractors/fid",
+                                                             "extractors/inception_score") if k in metrics))
+    return (f"RANDOM feature extractors ({names}): CLIP score, CLIP-I, FID and IS here mean nothing, however "
+            "good they look. Use metrics=real for numbers comparable with the literature.")
+
+
+def console_summary(metrics: dict[str, Any], out_dir: Path) -> str:
+    """A few lines for the terminal: the warning, the headline numbers, the selections."""
+    lines = [f"evaluation: {out_dir}"]
+    warning = random_warning(metrics)
+    if warning:
+        lines.append("WARNING: " + warning)
+    lines.append("  ".join(f"{label} {_text(metrics.get(key))}" for label, key in HEADLINE if key in metrics))
+    for analysis, columns in SUMMARY_SELECTIONS.items():
+        for label, key in columns:
+            if key.format(how="first") in metrics:
+                values = " / ".join(_text(metrics.get(key.format(how=how))) for how in SELECTIONS)
+                lines.append(f"{analysis} {label} (first / best / random): {values}")
+    return "\n".join(lines)
+
+
+def _text(v) -> str:
+    return "skipped" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def write_metrics(metrics: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -144,19 +198,23 @@ def selection_tables(metrics: dict[str, Any]) -> dict[str, tuple[list[str], list
             if len(parts) == 3 and parts[1] in ("first", "best", "random"):
                 name = parts[2]
             elif len(parts) == 2 and parts[1].rsplit("_", 1)[-1] in ("first", "best", "random"):
-                name = "mean " + parts[1].rsplit("_", 1)[0]
+                base = parts[1].rsplit("_", 1)[0]
+                name = base if base in SET_METRICS else "mean " + base
             else:
                 continue
             if name not in columns:
                 columns.append(name)
         if not columns:
             continue
-        columns.sort(key=lambda c: (not c.startswith("mean"), c))
+        columns.sort(key=lambda c: (c in SET_METRICS, not c.startswith("mean"), c))
         rows = []
         for how in ("first", "best", "random"):
             row: list[Any] = [how]
             for c in columns:
-                key = f"{analysis}/{c[5:]}_{how}" if c.startswith("mean ") else f"{analysis}/{how}/{c}"
+                if c.startswith("mean ") or c in SET_METRICS:
+                    key = f"{analysis}/{c.removeprefix('mean ')}_{how}"
+                else:
+                    key = f"{analysis}/{how}/{c}"
                 row.append(metrics.get(key))
             rows.append(row)
         out[analysis] = (["selection", *columns], rows)
@@ -191,10 +249,45 @@ def _png_base64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _img(path: Path, css: str = "") -> str:
+    return f'<img src="data:image/png;base64,{_png_base64(path)}" alt="{path.name}"{css}>'
+
+
+def summary_html(metrics: dict[str, Any], grids: list[Path]) -> str:
+    """The first screen: the random-extractor warning, the headline numbers, the selections of both
+    analyses side by side, and the first SUMMARY_GRIDS grids."""
+    parts = ["<h2>Summary</h2>"]
+    warning = random_warning(metrics)
+    if warning:
+        parts.append(f'<div class="warning">{html.escape(warning)}</div>')
+    head = [(label, key) for label, key in HEADLINE if key in metrics]
+    parts.append(_html_table([label for label, _ in head], [[metrics[key] for _, key in head]]))
+    titles = {"i2t2i": "I2T2I: caption selections", "t2i2t": "T2I2T: image selections"}
+    tables = []
+    for analysis, columns in SUMMARY_SELECTIONS.items():
+        columns = [(label, key) for label, key in columns if key.format(how="first") in metrics]
+        if columns:
+            rows = [[how, *(metrics.get(key.format(how=how)) for _, key in columns)] for how in SELECTIONS]
+            tables.append(f"<div><h3>{titles[analysis]}</h3>"
+                          + _html_table(["selection", *(label for label, _ in columns)], rows) + "</div>")
+    if tables:
+        parts.append(f'<div class="row">{"".join(tables)}</div>')
+    if grids:
+        parts.append('<div class="row">' + "".join(_img(p, ' class="half"') for p in grids[:SUMMARY_GRIDS])
+                     + "</div><p class=\"small\">" + GRID_LEGEND + "</p>")
+    return "".join(parts)
+
+
+GRID_LEGEND = ("I2T2I row: source, then each candidate caption's reconstruction (CLIP-I to the source). T2I2T row: "
+               "the source caption, then each generated image with the caption recovered from it. Frames: green = "
+               "best, blue = random selection.")
+
+
 def write_html(metrics: dict[str, Any], out_dir: Path, grids: list[Path], info: dict[str, Any],
                notes: list[str]) -> Path:
-    """report.html: one self-contained page (images inline as base64)."""
-    sections = [f"<h1>recon_ft evaluation</h1><p>{html.escape(str(out_dir))}</p>"]
+    """report.html: one self-contained page (images inline as base64). It opens with one screen of
+    summary (summary_html); run info, notes, every table and the remaining grids follow."""
+    sections = [f"<h1>recon_ft evaluation</h1><p>{html.escape(str(out_dir))}</p>", summary_html(metrics, grids)]
     sections.append("<h2>Run</h2>" + _html_table(["", "value"], [[k, json.dumps(v)] for k, v in info.items()]))
     if notes:
         sections.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
@@ -203,10 +296,10 @@ def write_html(metrics: dict[str, Any], out_dir: Path, grids: list[Path], info: 
         groups.setdefault(key.split("/")[0], []).append([key, value])
     titles = {"caption": "Captioning", "gen": "Generation", "i2t2i": "I2T2I (image -> text -> image)",
               "t2i2t": "T2I2T (text -> image -> text)", "synthetic": "Synthetic benchmark (exact scores)",
-              "data": "Data"}
+              "data": "Data", "extractors": "Feature extractors"}
     domains = domain_table(metrics)
     selections = selection_tables(metrics)
-    order = ["caption", "synthetic", "gen", "i2t2i", "t2i2t", "data"]
+    order = ["caption", "synthetic", "gen", "i2t2i", "t2i2t", "data", "extractors"]
     for group, rows in sorted(groups.items(), key=lambda g: order.index(g[0]) if g[0] in order else len(order)):
         sections.append(f"<h2>{html.escape(titles.get(group, group))}</h2>")
         if group == "caption" and domains:
@@ -214,14 +307,15 @@ def write_html(metrics: dict[str, Any], out_dir: Path, grids: list[Path], info: 
         if group in selections:
             sections.append("<h3>Selections</h3>" + _html_table(*selections[group]))
         sections.append(_html_table(["metric", "value"], rows))
-    if grids:
-        sections.append("<h2>Samples</h2><p>I2T2I row: source, then each candidate caption's reconstruction "
-                        "(CLIP-I to the source). T2I2T row: the source caption, then each generated image with "
-                        "the caption recovered from it. Frames: green = best, blue = random selection.</p>")
-        sections += [f'<p><img src="data:image/png;base64,{_png_base64(p)}" alt="{p.name}"></p>' for p in grids]
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
+    if grids[SUMMARY_GRIDS:]:
+        sections.append(f"<h2>More samples</h2><p>{GRID_LEGEND}</p>")
+        sections += [f"<p>{_img(p)}</p>" for p in grids[SUMMARY_GRIDS:]]
+    style = ("body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{max-width:100%}")
+             "img{max-width:100%}.row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start}"
+             "img.half{max-width:48%}.small{font-size:85%;color:#444}h3{margin:.4em 0}"
+             ".warning{background:#fde2e1;border:2px solid #c0392b;color:#7b241c;padding:.6em 1em;"
+             "font-weight:bold;margin:.5em 0}")
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>recon_ft evaluation</title><style>{style}" \
            f"</style></head><body>{''.join(sections)}</body></html>\n"
     path = out_dir / "report.html"
@@ -234,7 +328,7 @@ def write_html(metrics: dict[str, Any], out_dir: Path, grids: list[Path], info: 
 
 def log_to_loggers(loggers: list, metrics: dict[str, Any], rows: list[dict[str, Any]], grids: list[Path]) -> None:
     """Numbers to every logger; with wandb also the selection / domain / sample tables and the grids."""
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for logger in loggers:
         logger.log_metrics(numbers, step=0)
         if hasattr(logger, "log_table") and hasattr(logger, "log_image"):  # WandbLogger

@@ -120,13 +120,14 @@ class BlipCaptioner(nn.Module):
     ) -> list[str]:
         """Captions (without the prompt) for a batch: B * num_return_sequences strings, grouped by image.
 
-        Lengths count caption tokens after the prompt, as in BLIP's evaluation (5 to 20).
-        `generate_kwargs` go to transformers' generate (e.g. `logits_processor`: the evaluation's
-        per-item seeded nucleus sampling, recon_ft.eval.captioning).
+        Lengths count the whole decoded sequence, [DEC] and the prompt included, as BLIP's own
+        generate does: with BLIP's "a picture of " (4 tokens) the defaults 20 / 5 allow 1 to 16
+        caption tokens. `generate_kwargs` go to transformers' generate (e.g. `logits_processor`:
+        the evaluation's per-item seeded nucleus sampling, recon_ft.eval.captioning).
         """
         b = pixel_values.shape[0]
         prompt = self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids.to(pixel_values.device)
-        kwargs = dict(max_new_tokens=max_length, min_new_tokens=min_length, repetition_penalty=repetition_penalty)
+        kwargs = dict(**self.new_token_range(max_length, min_length), repetition_penalty=repetition_penalty)
         if do_sample:
             kwargs.update(do_sample=True, top_p=top_p, top_k=0, num_beams=1)
         else:
@@ -137,6 +138,18 @@ class BlipCaptioner(nn.Module):
         )
         # generate() drops the prompt's trailing [SEP]: the caption starts at prompt_length.
         return [c.strip() for c in self.tokenizer.batch_decode(out[:, self.prompt_length :], skip_special_tokens=True)]
+
+    def new_token_range(self, max_length: int, min_length: int) -> dict[str, int]:
+        """BLIP's lengths (counted with [DEC] and the prompt) -> transformers' new-token bounds.
+
+        Explicit new-token bounds, not max_length / min_length: a checkpoint's generation_config
+        may set max_new_tokens, which would override a plain max_length.
+        """
+        p = self.prompt_length
+        if max_length <= p:
+            raise ValueError(f"caption.max_length={max_length} counts [DEC] and the prompt ({p} tokens): "
+                             f"expected more than {p}")
+        return {"max_new_tokens": max_length - p, "min_new_tokens": max(min_length - p, 0)}
 
     # -- adapters and saving ----------------------------------------------------------------------
     def configure_adapters(self, spec: AdapterSpec) -> None:
