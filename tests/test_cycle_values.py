@@ -38,6 +38,7 @@ def _randomize_adapters(*models):
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
 def pair(request):
     captioner, generator = tiny_pair(prediction_type=request.param)
+    assert generator.prediction_type == request.param
     _randomize_adapters(captioner, generator)
     # Random-init BLIP is nearly uniform over 30k tokens, where label smoothing hardly changes the
     # loss; a sharper output layer makes every term of the smoothed cross-entropy count.
@@ -197,3 +198,22 @@ def test_text_cycle_loss_by_hand(pair, bridge):
     expected_cap = smoothed_ce_by_hand(logits, input_ids, enc.attention_mask, prompt_length, SMOOTHING)
     assert out["loss_cap"].item() == pytest.approx(float(expected_cap), rel=1e-5)
     assert out["loss"].item() == pytest.approx(float(expected_cap + expected_t2i2t), rel=1e-5)
+
+
+def test_bridge_mass_is_the_share_on_matched_tokens(pair, bridge, monkeypatch):
+    """Half of every caption position's mass on the caption token, half on BERT's [unused5] (a
+    placeholder with no counterpart): exactly half of the soft caption's mass is matched."""
+    captioner, generator = pair
+    vocab = captioner.model.config.text_config.vocab_size
+    unused = captioner.tokenizer.convert_tokens_to_ids("[unused5]")
+
+    def half_logits(pixels, tokens, critic=False):
+        logits = one_hot_logits(tokens, vocab)
+        logits[..., unused] = 0.0
+        return logits
+
+    monkeypatch.setattr(captioner, "logits", half_logits)
+    cfg = LossConfig(w_cap=0.0, w_gen=0.0, lambda_img=1.0, lambda_txt=0.0)
+    out = compute_losses(captioner, generator, bridge, make_batch(captioner, generator), cfg,
+                         rng=torch.Generator().manual_seed(SEED))
+    assert out["bridge_mass"].item() == 0.5
