@@ -265,9 +265,36 @@ def test_fid_tiny_features():
     with pytest.raises(ValueError, match="weights_path"):
         metrics.fid(real, shifted, 2048)
 
-    mean, std = metrics.inception_score(real, feat, splits=4)
-    assert math.isfinite(mean) and mean >= 1.0 and std >= 0
-    assert metrics.inception_score(real, feat, splits=4) == (mean, std)  # seeded
+    # by hand: ||mu_r - mu_s||^2 + Tr(S_r + S_s - 2 (S_r S_s)^(1/2)) of the features, float64
+    import scipy.linalg
+
+    with torch.no_grad():
+        f_real, f_shift = feat(real).double().numpy(), feat(shifted).double().numpy()
+    mu_r, mu_s = f_real.mean(0), f_shift.mean(0)
+    cov_r, cov_s = np.cov(f_real, rowvar=False), np.cov(f_shift, rowvar=False)
+    by_hand = ((mu_r - mu_s) ** 2).sum() + np.trace(cov_r + cov_s - 2 * scipy.linalg.sqrtm(cov_r @ cov_s).real)
+    assert d_shift == pytest.approx(by_hand, rel=1e-4)
+
+    class Sharp(torch.nn.Module):  # the tiny features as fairly confident class logits
+        def __init__(self):
+            super().__init__()
+            self.feat = feat
+
+        def forward(self, x):
+            return self.feat(x) * 300.0
+
+    mean, std = metrics.inception_score(real, Sharp(), splits=4)
+    assert metrics.inception_score(real, Sharp(), splits=4) == (mean, std)  # seeded
+    # by hand: the logits shuffled by torch.randperm from seed 0, 4 splits, exp(mean KL(p(y|x) || p(y)))
+    logits = torch.from_numpy(f_real * 300.0)[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))]
+    per_split = []
+    for part in logits.chunk(4):
+        p = part.softmax(1)
+        p_y = p.mean(0, keepdim=True)
+        per_split.append(math.exp((p * (p.log() - p_y.log())).sum(1).mean().item()))
+    assert mean > 1.5 and std > 1e-3  # far from the degenerate IS = 1
+    assert mean == pytest.approx(float(np.mean(per_split)), rel=1e-5)
+    assert std == pytest.approx(float(np.std(per_split, ddof=1)), rel=1e-3)
 
 
 def test_inception_features_from_local_file(tmp_path, monkeypatch):
