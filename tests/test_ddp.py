@@ -26,12 +26,16 @@ COMMON = [
 
 
 class RecordSamples(L.Callback):
-    """Appends the ids each rank trains on to <run_dir>/ids_rank<r>.jsonl."""
+    """Appends the ids each rank trains on, and the first timesteps and noise values its step draws,
+    to <run_dir>/ids_rank<r>.jsonl."""
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         path = Path(trainer.default_root_dir) / f"ids_rank{trainer.global_rank}.jsonl"
+        rng = module.step_rng()
+        noise = torch.randint(0, 1000, (2,), generator=rng).tolist() + torch.randn(2, generator=rng).tolist()
         with path.open("a") as f:
-            f.write(json.dumps({"step": trainer.global_step, "ids": [str(i) for i in batch["id"]]}) + "\n")
+            f.write(json.dumps({"step": trainer.global_step, "ids": [str(i) for i in batch["id"]], "noise": noise})
+                    + "\n")
 
 
 def run_train(run_dir: Path, *overrides: str):
@@ -55,6 +59,8 @@ def test_ddp_two_cpu_processes_train_shard_and_resume(tmp_path):
     assert len(rank0) == len(rank1) == 4
     for a, b in zip(rank0, rank1):
         assert not set(a["ids"]) & set(b["ids"])  # each rank sees its own shard
+    noises = [tuple(r["noise"]) for r in rank0 + rank1]
+    assert len(set(noises)) == 8  # every (step, rank) draws its own timesteps and noise
     seen = [i for row in rank0 + rank1 for i in row["ids"]]
     assert len(seen) == len(set(seen)) == 32  # 4 steps x 2 ranks x 4 = one epoch, each item once
 
@@ -71,6 +77,7 @@ def test_ddp_two_cpu_processes_train_shard_and_resume(tmp_path):
         again = read_ids(resumed, rank)
         assert [r["step"] for r in again] == [2, 3]
         assert [r["ids"] for r in again] == [r["ids"] for r in first[2:]]
+        assert [r["noise"] for r in again] == [r["noise"] for r in first[2:]]
     resumed_ckpt = torch.load(resumed / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert resumed_ckpt["global_step"] == 4
     for name, value in ckpt["state_dict"].items():

@@ -123,14 +123,40 @@ def test_per_caption_cider_equals_coco_cider_one_candidate_per_image():
     np.testing.assert_allclose(ours, coco, rtol=1e-12, atol=1e-12)
 
 
+def test_per_caption_cider_clips_repeated_ngrams_like_pycocoevalcap():
+    """CIDEr-D clips a candidate's n-gram counts at the reference's: a caption that repeats
+    "red circle" three times gets no more credit for it than one that says it once."""
+    from pycocoevalcap.cider.cider import Cider
+
+    cands = ["a red circle red circle red circle on the left", "a blue blue blue square square",
+             "two green stars stars stars stars", "a yellow triangle above a square a square"]
+    for cand, refs in zip(cands, CORPUS):  # each repeats a reference n-gram more often than any reference
+        rs = [metrics._precook(r) for r in refs]
+        assert any(any(g in r for r in rs) and all(tf > r.get(g, 0) for r in rs)
+                   for g, tf in metrics._precook(cand).items())
+    ours = metrics.per_caption_cider(cands, CORPUS, tokenize=False)
+    _, coco = Cider().compute_score({i: r for i, r in enumerate(CORPUS)}, {i: [c] for i, c in enumerate(cands)})
+    np.testing.assert_allclose(ours, coco, rtol=1e-12, atol=1e-12)
+    assert ours.min() > 0
+
+
+def _coco_cider_of(cand: str, image: int, corpus) -> float:
+    """pycocoevalcap's CIDEr of one candidate for one image of `corpus` (IDF over all its images)."""
+    from pycocoevalcap.cider.cider import Cider
+
+    res = {i: [cand if i == image else "x"] for i in range(len(corpus))}
+    return float(Cider().compute_score({i: r for i, r in enumerate(corpus)}, res)[1][image])
+
+
 def test_per_caption_cider_properties():
-    # k = 3 candidates share image 0's references; IDF comes from the 4 distinct reference sets
+    # k = 3 candidates share image 0's references; IDF comes from the 2 distinct reference sets
     cands = ["a red circle on the left", "two green stars", "a red circle", "two green stars"]
     refs = [CORPUS[0], CORPUS[0], CORPUS[0], CORPUS[2]]
     scores = metrics.per_caption_cider(cands, refs, tokenize=False)
-    assert scores[0] > scores[2] > scores[1] >= 0  # identical > partial > disjoint
-    assert scores[1] == 0.0 and scores[3] > 0
-    assert np.array_equal(scores, metrics.per_caption_cider(cands, refs, tokenize=False))  # deterministic
+    distinct = [CORPUS[0], CORPUS[2]]
+    expected = [_coco_cider_of(c, 0 if r is CORPUS[0] else 1, distinct) for c, r in zip(cands, refs)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-12, atol=1e-12)
+    assert scores[0] > scores[2] > scores[1] == 0.0  # identical > partial > disjoint
     # independence: changing / dropping the other candidates of image 0 leaves each score unchanged
     other = metrics.per_caption_cider(["a red circle on the left", "something else entirely", "two green stars"],
                                       [CORPUS[0], CORPUS[0], CORPUS[2]], tokenize=False)
@@ -139,7 +165,9 @@ def test_per_caption_cider_properties():
     single = [["a dog runs on grass"], ["a cat sleeps"], ["a bird flies"]]
     s = metrics.per_caption_cider(["a dog runs on grass", "a cat sleeps", "the bird flies"], single, tokenize=False)
     d = metrics.per_caption_cider(["purple houses", "a cat sleeps", "the bird flies"], single, tokenize=False)
-    assert s[0] > 0 and d[0] == 0 and s[1:].tolist() == d[1:].tolist()
+    np.testing.assert_allclose(s, [_coco_cider_of(c, i, single) for i, c in
+                                   enumerate(["a dog runs on grass", "a cat sleeps", "the bird flies"])], rtol=1e-12)
+    assert d[0] == 0 and s[1:].tolist() == d[1:].tolist()
     # PTB tokenization (default) makes raw captions equal to their tokenized form
     raw = metrics.per_caption_cider(["A Red circle, on the LEFT.", "Two green stars!", "a red circle",
                                      "two green stars"], refs)
@@ -237,9 +265,36 @@ def test_fid_tiny_features():
     with pytest.raises(ValueError, match="weights_path"):
         metrics.fid(real, shifted, 2048)
 
-    mean, std = metrics.inception_score(real, feat, splits=4)
-    assert math.isfinite(mean) and mean >= 1.0 and std >= 0
-    assert metrics.inception_score(real, feat, splits=4) == (mean, std)  # seeded
+    # by hand: ||mu_r - mu_s||^2 + Tr(S_r + S_s - 2 (S_r S_s)^(1/2)) of the features, float64
+    import scipy.linalg
+
+    with torch.no_grad():
+        f_real, f_shift = feat(real).double().numpy(), feat(shifted).double().numpy()
+    mu_r, mu_s = f_real.mean(0), f_shift.mean(0)
+    cov_r, cov_s = np.cov(f_real, rowvar=False), np.cov(f_shift, rowvar=False)
+    by_hand = ((mu_r - mu_s) ** 2).sum() + np.trace(cov_r + cov_s - 2 * scipy.linalg.sqrtm(cov_r @ cov_s).real)
+    assert d_shift == pytest.approx(by_hand, rel=1e-4)
+
+    class Sharp(torch.nn.Module):  # the tiny features as fairly confident class logits
+        def __init__(self):
+            super().__init__()
+            self.feat = feat
+
+        def forward(self, x):
+            return self.feat(x) * 300.0
+
+    mean, std = metrics.inception_score(real, Sharp(), splits=4)
+    assert metrics.inception_score(real, Sharp(), splits=4) == (mean, std)  # seeded
+    # by hand: the logits shuffled by torch.randperm from seed 0, 4 splits, exp(mean KL(p(y|x) || p(y)))
+    logits = torch.from_numpy(f_real * 300.0)[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))]
+    per_split = []
+    for part in logits.chunk(4):
+        p = part.softmax(1)
+        p_y = p.mean(0, keepdim=True)
+        per_split.append(math.exp((p * (p.log() - p_y.log())).sum(1).mean().item()))
+    assert mean > 1.5 and std > 1e-3  # far from the degenerate IS = 1
+    assert mean == pytest.approx(float(np.mean(per_split)), rel=1e-5)
+    assert std == pytest.approx(float(np.std(per_split, ddof=1)), rel=1e-3)
 
 
 def test_inception_features_from_local_file(tmp_path, monkeypatch):

@@ -49,4 +49,10 @@ def test_param_groups_and_per_model_clipping():
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])).item()
 
     assert norm(groups["generator"]["params"]) == pytest.approx(0.5, rel=1e-4)  # clipped to its own norm
-    assert norm(groups["captioner"]["params"]) > 10.0  # no clip configured: untouched
+    n_gen = sum(p.numel() for p in groups["generator"]["params"])  # scaled, not truncated: all equal
+    for p in groups["generator"]["params"]:
+        torch.testing.assert_close(p.grad, torch.full_like(p, 0.5 / math.sqrt(n_gen)), rtol=1e-4, atol=0)
+    # no clip configured: untouched, every entry still 10
+    n = sum(p.numel() for p in groups["captioner"]["params"])
+    assert norm(groups["captioner"]["params"]) == pytest.approx(10.0 * math.sqrt(n), rel=1e-5)
+    assert all(torch.equal(p.grad, torch.full_like(p, 10.0)) for p in groups["captioner"]["params"])

@@ -100,7 +100,7 @@ def test_total_is_the_weighted_sum(pair, bridge):
     out = compute_losses(captioner, generator, bridge, fake_batch(captioner, generator), cfg)
     expected = 0.5 * out["loss_cap"] + 2.0 * out["loss_gen"] + 0.3 * out["loss_i2t2i"] + 0.7 * out["loss_t2i2t"]
     torch.testing.assert_close(out["loss"], expected)
-    assert 0.0 < out["bridge_mass"].item() <= 1.0
+    # the terms' values and bridge_mass against hand computations: tests/test_cycle_values.py
 
 
 def test_alternate_schedule_follows_step_parity(pair, bridge):
@@ -130,14 +130,6 @@ def test_soft_path_with_one_hot_equals_id_path(pair):
     embeds = generator.token_embedding(ids[:, 1 : 1 + n])
     soft = generator.encode_soft(embeds, torch.tensor([n]))
     torch.testing.assert_close(soft, generator.encode_text(ids))
-
-
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_objective_runs_for_both_prediction_types(bridge, prediction_type):
-    captioner, generator = tiny_pair(prediction_type=prediction_type)
-    assert generator.prediction_type == prediction_type
-    out = compute_losses(captioner, generator, bridge, fake_batch(captioner, generator), LossConfig(min_snr_gamma=5.0))
-    assert torch.isfinite(out["loss"])
 
 
 def test_loss_config_rejects_unknown_options():

@@ -69,6 +69,18 @@ def test_run_writes_every_output(run):
     for key in ["train/loss", "train/loss_cap", "train/loss_gen", "train/loss_i2t2i", "train/loss_t2i2t",
                 "train/bridge_mass", "bridge/matched", "val/loss", "data/bad_samples"]:
         assert key in header, key
+    # every step logged (log_every_n_steps=1), its total the configured weighted sum of its terms
+    import csv
+
+    with (run_dir / "logs/metrics.csv").open() as f:
+        logged = list(csv.DictReader(f))
+    for split, n in (("train", 8), ("val", 2)):
+        values = [{k.split("/")[1]: float(v) for k, v in r.items() if k.startswith(f"{split}/") and v} for r in logged]
+        values = [v for v in values if "loss" in v]
+        assert len(values) == n, split
+        for v in values:
+            assert v["loss"] == pytest.approx(v["loss_cap"] + v["loss_gen"] + 0.5 * (v["loss_i2t2i"] + v["loss_t2i2t"]),
+                                              rel=1e-5)
 
 
 def test_checkpoint_holds_only_trainable_parameters(run):
