@@ -10,7 +10,6 @@ is either whole or absent):
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +21,6 @@ from recon_ft.zoo.data import render_split
 from recon_ft.zoo.pretrain import latent_moments, train_captioner, train_unet, train_vae
 from recon_ft.zoo.recipe import ZooRecipe
 
-log = logging.getLogger(__name__)
 
 # eval.py's defaults (conf/eval.yaml), so the build's summary predicts eval.py's numbers.
 CAPTION_KWARGS = dict(num_beams=3, max_length=20, min_length=5)
