@@ -74,7 +74,9 @@ def test_run_writes_every_output(run):
 
     with (run_dir / "logs/metrics.csv").open() as f:
         logged = list(csv.DictReader(f))
-    for split, n in (("train", 8), ("val", 2)):
+    # validations: the base models' (step 0), then after steps 4 and 8
+    assert [r["step"] for r in logged if r.get("val/loss")] == ["0", "3", "7"]
+    for split, n in (("train", 8), ("val", 3)):
         values = [{k.split("/")[1]: float(v) for k, v in r.items() if k.startswith(f"{split}/") and v} for r in logged]
         values = [v for v in values if "loss" in v]
         assert len(values) == n, split
