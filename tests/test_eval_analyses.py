@@ -46,7 +46,8 @@ def fabricated_rows():
             "references": [f"A photo of {caption} drawn on paper."],
             "gen": {"prompt": prompt, "clip_score": 20.0 + i, "clip_i": 0.5 + i / 10, "image": f"gen_{i}.png"},
             "i2t2i": [{"caption": c, "clip_i": clip_i} for c, clip_i, _ in cands],
-            "t2i2t": [{"caption": c, "clip_score": cs} for c, cs, _, _ in images],
+            "t2i2t": [{"caption": c, "clip_score": cs, "image": f"t2i2t_{i}_{j}.png"}
+                      for j, (c, cs, _, _) in enumerate(images)],
         })
     return rows
 
