@@ -67,8 +67,8 @@ def _floats(metrics) -> dict[str, float]:
 
 def fit(cfg: DictConfig) -> tuple[L.Trainer, ReconModule]:
     check_training_config(cfg)  # before any model is built
-    L.seed_everything(cfg.seed, workers=True)
     _one_line_per_log_message()
+    L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -70,13 +70,9 @@ def train_vae(vae, data: RenderedSplit, r: VaeRecipe, size: int, rng: torch.Gene
 def latent_moments(vae, data: RenderedSplit, size: int, chunk: int = 500) -> torch.Tensor:
     """The VAE posterior's parameters (N, 8, size / 2, size / 2) of every item, computed once."""
     return torch.cat([
-        vae.encode(_images(data, range(i, min(i + chunk, len(data))), size)).latent_dist.parameters
+        vae.encode(to_unit_range(data.images[i : i + chunk], size)).latent_dist.parameters
         for i in range(0, len(data), chunk)
     ])
-
-
-def _images(data: RenderedSplit, index, size: int) -> torch.Tensor:
-    return to_unit_range(data.images[list(index)], size)
 
 
 def train_unet(generator, data: RenderedSplit, moments: torch.Tensor, r: UnetRecipe, rng: torch.Generator) -> Curve:
