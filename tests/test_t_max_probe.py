@@ -1,0 +1,32 @@
+"""The text cycle's timestep probe (docs/t_max_probe.md) and the default it chose."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from recon_ft.t_max_probe import markdown, probe
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def test_probe_rows_on_the_zoo():
+    rows = probe(items=3, timesteps=(10, 999))
+    assert [r["t"] for r in rows] == [10, 999]
+    # SD v1's schedule: a_999 = 0.00466, so sqrt((1 - a) / a) = 14.61 (the issue's figure)
+    assert rows[1]["sqrt((1-a)/a)"] == pytest.approx(14.61, abs=0.01)
+    for r in rows:
+        assert r["gap"] == pytest.approx(r["loss_other"] - r["loss_right"], abs=1e-5)
+        assert math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0
+    table = markdown(rows).splitlines()
+    assert len(table) == 4 and table[2].startswith("| 10 | 0.")
+
+
+@pytest.mark.parametrize("overrides, t_max", [([], 700), (["loss=paper"], None)])
+def test_t_max_default(overrides, t_max):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["run_dir=/tmp/recon_ft_cfg", *overrides])
+    assert cfg.loss.t_max == t_max
