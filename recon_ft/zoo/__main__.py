@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv=None) -> None:
-    from recon_ft.zoo.build import build_zoo
+    from recon_ft.zoo.build import build_zoo, resummarize
     from recon_ft.zoo.cache import ensure_zoo, load_record
     from recon_ft.zoo.competence import report
     from recon_ft.zoo.recipe import RECIPES, get_recipe
@@ -22,6 +22,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     parser.add_argument("--out", help="build into this directory instead of the cache (always rebuilds)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="measure the competence summary of the built zoo again (after the scorers changed)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -33,6 +35,8 @@ def main(argv=None) -> None:
     else:
         directory = ensure_zoo(args.recipe)
         record = load_record(directory)
+        if args.resummarize:
+            record = resummarize(directory, get_recipe(args.recipe))
     print(f"zoo: {directory}")
     print(f"build seconds: {json.dumps(record['seconds'])}")
     print(report(record["competence"]))

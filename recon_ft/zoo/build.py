@@ -139,3 +139,15 @@ def build_sd_from(directory: Path):
     from recon_ft.models.generator import build_stable_diffusion
 
     return build_stable_diffusion(pretrained=str(directory), unet_adapter={"mode": "frozen"})
+
+
+def resummarize(directory: Path, recipe: ZooRecipe) -> dict:
+    """The competence summary of a built zoo measured again with the current scorers; zoo.json updated."""
+    directory = Path(directory)
+    record = json.loads((directory / "zoo.json").read_text())
+    record["competence"] = competence.summarize(
+        build_blip_from(directory / "captioner"), build_sd_from(directory / "generator"), recipe.seed,
+        recipe.summary_items, recipe.render_size, recipe.generator_size, CAPTION_KWARGS, GENERATION_KWARGS,
+    )
+    (directory / "zoo.json").write_text(json.dumps(record, indent=1))
+    return record
