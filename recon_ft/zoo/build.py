@@ -10,6 +10,7 @@ is either whole or absent):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -82,8 +83,6 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
     process while this one trains the generator, one thread each: on a small CPU that is about
     twice as fast as both stages in turn with two threads (small kernels scale poorly).
     """
-    import os
-
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -91,6 +90,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
     if parallel is None:
         parallel = (os.cpu_count() or 1) >= 2 and recipe.captioner.steps > 100
     start = time.perf_counter()
+    threads = torch.get_num_threads()  # the stages set their own; the caller gets its back
     with torch.random.fork_rng():
         if parallel:
             import multiprocessing
@@ -103,6 +103,7 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
         else:
             captioner_result = _captioner_stage(recipe, partial / "captioner", None)
             generator_result = _generator_stage(recipe, partial / "generator", None)
+        torch.set_num_threads(threads)
         (captioner_curve, captioner_seconds), (curves, generator_seconds, extra) = captioner_result, generator_result
         summary_start = time.perf_counter()
         captioner = build_blip_from(partial / "captioner")
