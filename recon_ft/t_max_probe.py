@@ -24,22 +24,19 @@ TIMESTEPS = (25, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 
 
 def probe(items: int = 64, seed: int = 0, timesteps=TIMESTEPS) -> list[dict]:
-    import numpy as np
     import torch
-    import torch.nn.functional as F
 
-    from recon_ft.data.synthetic import SyntheticCaptions
     from recon_ft.losses import add_noise, predict_x0
     from recon_ft.models.captioner import build_blip
     from recon_ft.models.generator import build_stable_diffusion
     from recon_ft.zoo import zoo_part
+    from recon_ft.zoo.data import render_split, to_unit_range
 
     captioner = build_blip(pretrained=zoo_part("captioner"), adapter={"mode": "frozen"}).eval()
     generator = build_stable_diffusion(pretrained=zoo_part("generator"), unet_adapter={"mode": "frozen"}).eval()
-    data = SyntheticCaptions("val", items, seed, 64)
-    images = torch.stack([torch.from_numpy(np.array(data[i]["image"])).permute(2, 0, 1) for i in range(items)])
-    images = F.interpolate(images.float() / 127.5 - 1, size=generator.image_size, mode="bilinear", antialias=True)
-    captions = [data[i]["references"][0] for i in range(items)]
+    data = render_split("val", items, seed, 64)
+    images = to_unit_range(data.images, generator.image_size)  # (N, 3, S, S) in [-1, 1]
+    captions = [refs[0] for refs in data.references]
     shuffled = captions[1:] + captions[:1]  # another item's caption for every item
     right, wrong = captioner.tokenize(captions), captioner.tokenize(shuffled)
     rng = torch.Generator().manual_seed(seed)

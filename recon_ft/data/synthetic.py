@@ -330,6 +330,7 @@ class SyntheticCaptions(Dataset):
         return {
             "id": f"{self.split}-{index}",
             "image": Image.fromarray(pixels),
-            "caption": references[0] if self.readings == "left_of" else pick_reference(references, self.seed, index, epoch),
+            "caption": references[0] if self.readings == "left_of"
+            else pick_reference(references, self.seed, index, epoch),
             "references": references,
         }

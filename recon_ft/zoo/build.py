@@ -42,11 +42,10 @@ def build_models(recipe: ZooRecipe, captioner: bool = True, generator: bool = Tr
     )
 
 
-def _captioner_stage(recipe: ZooRecipe, out: Path, threads: int | None) -> tuple[list, float]:
+def _captioner_stage(recipe: ZooRecipe, out: Path, threads: int) -> tuple[list, float]:
     """Build, pretrain and save the captioner (runs in its own process in a parallel build)."""
     start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(recipe.seed)
     captioner, _ = build_models(recipe, generator=False)
     data = render_split("train", recipe.train_items, recipe.seed, recipe.render_size)
@@ -55,11 +54,10 @@ def _captioner_stage(recipe: ZooRecipe, out: Path, threads: int | None) -> tuple
     return curve, round(time.perf_counter() - start, 1)
 
 
-def _generator_stage(recipe: ZooRecipe, out: Path, threads: int | None) -> tuple[dict, float, dict]:
+def _generator_stage(recipe: ZooRecipe, out: Path, threads: int) -> tuple[dict, float, dict]:
     """Build, pretrain (VAE, then UNet and text encoder) and save the generator."""
     start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(recipe.seed)
     rng = torch.Generator().manual_seed(recipe.seed + 1)
     _, generator = build_models(recipe, captioner=False)
@@ -80,8 +78,10 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
     """Pretrain and save; returns the contents of zoo.json.
 
     `parallel` (default: with 2+ CPUs and more than a few steps) trains the captioner in a second
-    process while this one trains the generator, one thread each: on a small CPU that is about
-    twice as fast as both stages in turn with two threads (small kernels scale poorly).
+    process while this one trains the generator. Every stage runs on one thread: that makes the
+    weights a function of the recipe alone (with more threads, CPU kernels such as the embedding
+    backward sum in a varying order), and on a small CPU two one-thread processes are about twice
+    as fast as both stages in turn with two threads (small kernels scale poorly).
     """
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -101,8 +101,8 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
                 generator_result = _generator_stage(recipe, partial / "generator", 1)
                 captioner_result = captioner_job.result()
         else:
-            captioner_result = _captioner_stage(recipe, partial / "captioner", None)
-            generator_result = _generator_stage(recipe, partial / "generator", None)
+            captioner_result = _captioner_stage(recipe, partial / "captioner", 1)
+            generator_result = _generator_stage(recipe, partial / "generator", 1)
         torch.set_num_threads(threads)
         (captioner_curve, captioner_seconds), (curves, generator_seconds, extra) = captioner_result, generator_result
         summary_start = time.perf_counter()

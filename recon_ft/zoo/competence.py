@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recon_ft.data.synthetic import SyntheticCaptions, colour_match, score_caption
-from recon_ft.zoo.data import render_split, to_unit_range
+from recon_ft.data.synthetic import Scene, colour_match, parse_caption, score_caption
+from recon_ft.zoo.data import RenderedSplit, render_split, to_unit_range
 
 # Minimums a zoo should reach (README "Synthetic model zoo"); the build reports them, never forces them.
 TARGETS = {"caption_exact": 0.85, "gen_colour": 0.8, "gen_count": 0.8, "vae_psnr_test": 28.0}
@@ -22,33 +22,33 @@ def vae_psnr(vae, images: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def caption_scores(captioner, data: SyntheticCaptions, n: int, caption_kwargs: dict) -> dict[str, float]:
-    images = torch.stack([torch.from_numpy(np.array(data[i]["image"])).permute(2, 0, 1) for i in range(n)])
+def caption_scores(captioner, data: RenderedSplit, scenes: list[Scene], caption_kwargs: dict) -> dict:
     texts = []
-    for chunk in to_unit_range(images).split(64):
+    for chunk in to_unit_range(data.images).split(64):
         texts += captioner.generate(captioner.preprocess(chunk), **caption_kwargs)
-    scores = [score_caption(t, data.scene(i)) for i, t in enumerate(texts)]
+    scores = [score_caption(t, scene) for t, scene in zip(texts, scenes)]
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} | {"examples": texts[:3]}
 
 
 @torch.no_grad()
-def generation_scores(generator, data: SyntheticCaptions, n: int, generation_kwargs: dict) -> dict[str, float]:
-    prompts = [data[i]["references"][0] for i in range(n)]
+def generation_scores(generator, data: RenderedSplit, scenes: list[Scene], generation_kwargs: dict) -> dict:
+    prompts = [refs[0] for refs in data.references]  # the left-to-right reading, as eval.py's prompt
     images = []
-    for start in range(0, n, 32):
+    for start in range(0, len(prompts), 32):
         batch = prompts[start : start + 32]
         images.append(generator.sample(batch, list(range(start, start + len(batch))), **generation_kwargs))
     pixels = (torch.cat(images).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    scores = [colour_match(p, data.scene(i)) for i, p in enumerate(pixels)]
+    scores = [colour_match(p, scene) for p, scene in zip(pixels, scenes)]
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
 def summarize(captioner, generator, seed: int, n: int, render_size: int, generator_size: int,
               caption_kwargs: dict, generation_kwargs: dict) -> dict:
-    val = SyntheticCaptions("val", n, seed, render_size)
+    val = render_split("val", n, seed, render_size)  # rendered once for both models
+    scenes = [parse_caption(refs[0]) for refs in val.references]
     test = render_split("test", n, seed, render_size)
-    cap = caption_scores(captioner, val, n, caption_kwargs)
-    gen = generation_scores(generator, val, n, generation_kwargs)
+    cap = caption_scores(captioner, val, scenes, caption_kwargs)
+    gen = generation_scores(generator, val, scenes, generation_kwargs)
     return {
         "items": n,
         "caption_exact": cap["exact"],
