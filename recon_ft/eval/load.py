@@ -134,10 +134,10 @@ def load_checkpoint(path: Path) -> dict:
     strings and containers only, so a checkpoint from elsewhere cannot run code when loaded (the
     project's own checkpoints hold nothing else). One error naming the file otherwise."""
     import pickle
-    import zipfile
 
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
+    from recon_ft.settings import check_checkpoint_file
+
+    check_checkpoint_file(path)  # present and a whole torch.save archive
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
