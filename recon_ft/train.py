@@ -93,9 +93,24 @@ def _best_checkpoint(trainer: L.Trainer) -> dict | None:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit, print the run's summary, and return the final logged metrics (floats)."""
+    """Fit, print the run's summary, and return the final logged metrics (floats) and, when a
+    checkpoint callback monitors a value, its best score as "best/<monitor>" (e.g. best/val/cider_bleu4)."""
     trainer, module = fit(cfg)
     final = _floats(trainer.callback_metrics)
+    best = _best_checkpoint(trainer)
     if trainer.is_global_zero:
-        print("\n" + write_summary(Path(cfg.run_dir), module.base_metrics, final, _best_checkpoint(trainer)), flush=True)
+        print("\n" + write_summary(Path(cfg.run_dir), module.base_metrics, final, best), flush=True)
+    if best is not None:
+        final = {**final, f"best/{best['monitor']}": best["score"]}
     return final
+
+
+def objective(cfg: DictConfig, metrics: dict | None) -> float | None:
+    """The value a Hydra sweeper optimizes (cfg.optimized_metric, e.g. best/val/cider_bleu4, set by
+    conf/hparams_search/optuna.yaml), or None when the config names none."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if not metrics or name not in metrics:
+        raise ValueError(f"optimized_metric: {name!r} is not among the run's metrics {sorted(metrics or {})}")
+    return float(metrics[name])

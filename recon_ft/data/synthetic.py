@@ -11,7 +11,7 @@ so "a small red circle left of a large blue square" and "a large blue square rig
 red circle" describe the same scene. Every scene with two or more objects has both readings as
 references; `parse_caption` maps any grammar sentence back to its scene, so caption accuracy is
 measured exactly (`score_caption`), and `object_colours` / `colour_match` are a pixel oracle for
-generated images.
+generated images (recon_ft/data/oracle.py adds each object's kind and size).
 
 Generalization split: the (colour, kind) pairs in HELDOUT_PAIRS never occur in train or val;
 every test scene contains at least one. Every kind and every colour still occurs in training,
@@ -245,15 +245,15 @@ _PALETTE = np.array([BACKGROUND, *COLOURS.values()], dtype=np.float32)  # (7, 3)
 _PALETTE_NAMES = ("background", *COLOURS)
 
 
-def object_colours(image: np.ndarray | Image.Image, min_fraction: float = 0.004,
-                   max_distance: float = 60.0) -> list[str]:
-    """Colour of each object in an image, left to right (a pixel oracle for generated images).
+def object_runs(image: np.ndarray | Image.Image, min_fraction: float = 0.004,
+                max_distance: float = 60.0) -> list[tuple[str, np.ndarray]]:
+    """The objects of an image, left to right: (colour name, boolean (H, W) mask of its pixels).
 
     Pixels within `max_distance` (RGB) of a palette colour take that colour; the others count as
     background. render() keeps a gap of at least one pixel column between objects, so each run
-    of columns holding coloured pixels is one object; its colour is the run's most frequent one.
-    Runs with fewer than `min_fraction` of the image's pixels are noise. Exact on rendered images
-    at 32 px and up; on generated images a tolerant check.
+    of columns holding coloured pixels is one object; its colour is the run's most frequent one
+    and its mask every coloured pixel of the run. Runs with fewer than `min_fraction` of the
+    image's pixels are noise.
     """
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     pixels = pixels[..., :3].astype(np.float32)  # (H, W, 3)
@@ -264,11 +264,20 @@ def object_colours(image: np.ndarray | Image.Image, min_fraction: float = 0.004,
     edges = np.flatnonzero(np.diff(np.concatenate([[0], filled.astype(np.int8), [0]])))
     found = []
     for start, stop in zip(edges[0::2], edges[1::2]):  # runs [start, stop) of filled columns
-        run = label[:, start:stop]
-        run = run[run > 0]
+        mask = np.zeros(label.shape, dtype=bool)
+        mask[:, start:stop] = label[:, start:stop] > 0
+        run = label[mask]
         if run.size >= min_fraction * label.size:
-            found.append(_PALETTE_NAMES[np.bincount(run).argmax()])
+            found.append((_PALETTE_NAMES[np.bincount(run).argmax()], mask))
     return found
+
+
+def object_colours(image: np.ndarray | Image.Image, min_fraction: float = 0.004,
+                   max_distance: float = 60.0) -> list[str]:
+    """Colour of each object in an image, left to right (a pixel oracle for generated images), from
+    `object_runs`. Exact on rendered images at 32 px and up; on generated images a tolerant check.
+    """
+    return [colour for colour, _ in object_runs(image, min_fraction, max_distance)]
 
 
 def colour_match(image: np.ndarray | Image.Image, scene: Scene) -> dict[str, float]:

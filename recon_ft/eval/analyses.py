@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recon_ft.data.synthetic import colour_match, parse_caption, score_caption
+from recon_ft.data.oracle import scene_match
+from recon_ft.data.synthetic import parse_caption, score_caption
 from recon_ft.eval import metrics as M
 from recon_ft.eval import stats
 from recon_ft.eval.generation import load_png
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SELECTIONS = ("first", "best", "random")
 SYNTHETIC_CAPTION_SCORES = ("parsed", "exact", "count", "kind", "colour", "size", "attributes")
+GEN_ORACLE_SCORES = ("count", "colour", "exact", "kind", "size", "scene_exact")
 
 
 @dataclass
@@ -79,8 +81,9 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path, s: AnalysisSettings, clip
     metrics["gen/clip_score"] = _mean(r["gen"]["clip_score"] for r in rows)
     metrics["gen/clip_i"] = _mean(r["gen"]["clip_i"] for r in rows)
     if scenes is not None:
-        oracle = [colour_match(_png_array(out_dir / r["gen"]["image"]), sc) for r, sc in zip(rows, scenes)]
-        for name in ("count", "colour", "exact"):
+        # count / colour / exact as colour_match; kind, size and scene_exact from the shape templates
+        oracle = [scene_match(_png_array(out_dir / r["gen"]["image"]), sc) for r, sc in zip(rows, scenes)]
+        for name in GEN_ORACLE_SCORES:
             metrics[f"synthetic/gen_{name}"] = _mean(o[name] for o in oracle)
 
     if s.i2t2i:

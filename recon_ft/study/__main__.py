@@ -1,0 +1,88 @@
+"""python -m recon_ft.study [conf/study/cycle.yaml] [--jobs N] [--set key=value ...] [--report-only]
+
+Plans every (configuration, seed) run of the study config, runs what is not done yet (train.py then
+eval.py per split, as subprocesses; an interrupted study continues where it stopped), validates the
+pixel oracle, and writes the report (docs/study.md and docs/study/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from recon_ft.data.oracle import validate_oracle
+from recon_ft.study.aggregate import collect, collect_wall, differences, summarize
+from recon_ft.study.plan import load_study, plan
+from recon_ft.study.report import write_report
+from recon_ft.study.runner import run_all, threads_per_job
+
+ROOT = Path(__file__).resolve().parents[2]  # train.py and eval.py live here
+log = logging.getLogger("recon_ft.study")
+
+
+def oracle_validation(cfg) -> list[dict]:
+    """The oracle on rendered val and test items at the generator's resolution and at the benchmark's 64 px."""
+    sizes = sorted({int(cfg.oracle.image_size), 64})
+    return [validate_oracle(split, int(cfg.oracle.n), size) for size in sizes for split in ("val", "test")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recon_ft.study", description=__doc__.split("\n\n")[1])
+    parser.add_argument("config", nargs="?", default=str(ROOT / "conf" / "study" / "cycle.yaml"))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (the cores are shared out)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="change the study config, e.g. seeds=[0] out_dir=/tmp/study")
+    parser.add_argument("--configs", nargs="*", default=None, metavar="NAME",
+                        help="only these configurations of the study config (the baseline is kept)")
+    parser.add_argument("--report-only", action="store_true", help="aggregate the finished runs, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands still to run")
+    parser.add_argument("--validate-oracle", action="store_true", help="print the oracle's validation only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    if args.jobs < 1:
+        parser.error(f"--jobs: expected at least 1, got {args.jobs}")
+    cfg = load_study(args.config)
+    if args.set:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.set))
+    if args.configs is not None:
+        unknown = sorted(set(args.configs) - set(cfg.configs))
+        if unknown:
+            parser.error(f"--configs: {unknown} not in the study config's configs {list(cfg.configs)}")
+        keep = {str(cfg.baseline), *args.configs}
+        cfg.configs = {name: o for name, o in cfg.configs.items() if name in keep}
+    # absolute, so that the subprocesses (run from the repository root) and this process agree
+    cfg.out_dir, cfg.docs = str(Path(cfg.out_dir).resolve()), str(Path(cfg.docs).resolve())
+    if args.validate_oracle:
+        for o in oracle_validation(cfg):
+            print(o)
+        return 0
+    threads = threads_per_job(args.jobs)
+    chains = plan(cfg, threads=threads)
+    if args.dry_run:
+        for chain in chains:
+            for step in chain.todo:
+                print(shlex.join(step.command))
+        return 0
+    failures = [] if args.report_only else run_all(chains, args.jobs, threads, ROOT)
+    rows = collect(cfg)
+    if not rows:
+        log.error("no finished evaluation under %s: nothing to report", cfg.out_dir)
+        return 1
+    command = "python -m recon_ft.study " + shlex.join(sys.argv[1:] if argv is None else argv)
+    write_report(cfg=cfg, command=command.strip(), rows=rows, summary=summarize(rows),
+                 diffs=differences(rows, str(cfg.baseline)), wall=collect_wall(cfg),
+                 oracle=oracle_validation(cfg), docs=Path(cfg.docs))
+    log.info("report: %s", cfg.docs)
+    if failures:
+        log.error("%d chains failed (run the same command again to retry them)", len(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

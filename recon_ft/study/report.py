@@ -1,0 +1,213 @@
+"""The study's report: docs/study.md (readable on GitHub), results.csv (long), summary.json and
+headline.png (mean +- std per configuration, val and test)."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from recon_ft.study.aggregate import ALPHA, METHOD, sign_count
+from recon_ft.study.plan import BASE
+
+# A generated-image metric is reported only if the oracle reads its attribute from rendered images.
+ORACLE_ATTRIBUTE = {"synthetic/gen_count": "count", "synthetic/gen_colour": "colour", "synthetic/gen_exact": "exact",
+                    "synthetic/gen_kind": "kind", "synthetic/gen_size": "size",
+                    "synthetic/gen_scene_exact": "scene_exact"}
+LIBRARIES = ("torch", "lightning", "diffusers", "transformers", "peft")
+
+
+def headline_metrics(wanted: list[str], oracle: dict | None) -> tuple[list[str], list[str]]:
+    """(reported, left out): gen_* metrics whose attribute the oracle did not validate are left out."""
+    if oracle is None:
+        return list(wanted), []
+    ok = set(oracle["validated"])
+    keep = [m for m in wanted if ORACLE_ATTRIBUTE.get(m, None) is None or ORACLE_ATTRIBUTE[m] in ok]
+    return keep, [m for m in wanted if m not in keep]
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"cpu": model or platform.processor(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "versions": versions, "commit": commit, "date": datetime.date.today().isoformat()}
+
+
+def _f(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value, digits=3) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def _p(value) -> str:
+    return "-" if value is None else (f"{value:.3f}" if value >= 0.001 else "<0.001")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["config", "seed", "split", "metric", "value"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "seed": "" if r["seed"] is None else r["seed"],
+                             "value": "" if r["value"] is None else repr(r["value"])})
+
+
+def plot(summary: list[dict], configs: list[str], splits: list[str], metrics: list[str], path: Path) -> None:
+    """One panel per metric: a bar per configuration and split, mean with +-std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    index = {(r["config"], r["split"], r["metric"]): r for r in summary}
+    cols = 3
+    rows = max(1, -(-len(metrics) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    width = 0.8 / max(1, len(splits))
+    x = np.arange(len(configs))
+    for ax, metric in zip(axes.flat, metrics):
+        for j, split in enumerate(splits):
+            stats = [index.get((c, split, metric), {}) for c in configs]
+            means = [s.get("mean") if s.get("mean") is not None else np.nan for s in stats]
+            errs = [s.get("std") if s.get("std") is not None else 0.0 for s in stats]
+            ax.bar(x + (j - (len(splits) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=split)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xticks(x, configs, rotation=45, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("mean +- std over seeds (base: the zoo's models, one evaluation)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def shows(metric: str, split: str, diffs: list[dict], baseline: str) -> str:
+    """One plain sentence: does any configuration differ significantly from the baseline?"""
+    mine = [d for d in diffs if d["metric"] == metric and d["split"] == split]
+    if not mine or all(d["n"] < 2 for d in mine):
+        return f"`{metric}` ({split}): too few paired seeds to compare with {baseline}."
+    sig = [d for d in mine if d["significant"]]
+    if not sig:
+        best = max(mine, key=lambda d: abs(d["mean"] or 0.0))
+        return (f"`{metric}` ({split}): no configuration differs significantly from {baseline} "
+                f"(largest mean difference {_signed(best['mean'])}, {best['config']}, p {_p(best['p'])}).")
+    parts = [f"{d['config']} {_signed(d['mean'])} (95% CI {_signed(d['ci_low'])} to {_signed(d['ci_high'])}, "
+             f"p {_p(d['p'])}, {sign_count(d)})" for d in sig]
+    return f"`{metric}` ({split}): differs significantly from {baseline}: " + "; ".join(parts) + "."
+
+
+def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall: dict, oracle: list[dict],
+             metrics: list[str], left_out: list[str], meta: dict, figure: str, data_dir: str) -> str:
+    configs = list(cfg.configs)
+    splits = list(cfg.eval.splits)
+    baseline = str(cfg.baseline)
+    index = {(r["config"], r["split"], r["metric"]): r for r in summary}
+    dindex = {(d["config"], d["split"], d["metric"]): d for d in diffs}
+    out = ["# Does the cycle help? The study", "",
+           f"Generated by `{command}` at commit `{meta['commit']}` on {meta['date']}.", "",
+           f"Setting: {cfg.get('setting', '').strip()}", "",
+           f"Machine: {meta['cpu']}, {meta['cpu_count']} CPUs; Python {meta['python']}; "
+           + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
+           f"Seeds: {', '.join(str(s) for s in cfg.seeds)}. Data: [{data_dir}/results.csv]({data_dir}/results.csv) "
+           f"(one row per config, seed, split, metric), [{data_dir}/summary.json]({data_dir}/summary.json).", "",
+           "## What it shows", ""]
+    for split in splits:
+        out += [f"- {shows(m, split, diffs, baseline)}" for m in metrics]
+    out += ["", f"How: {METHOD.format(baseline=baseline)}", "", f"![headline metrics]({figure})", ""]
+    for split in splits:
+        out += [f"## {split}: mean ± std over seeds (n)", "",
+                "| config | " + " | ".join(f"`{m}`" for m in metrics) + " |",
+                "|---|" + "---:|" * len(metrics)]
+        for c in [BASE, *configs]:
+            cells = []
+            for m in metrics:
+                r = index.get((c, split, m))
+                if r is None or r["mean"] is None:
+                    cells.append("-")
+                else:
+                    cells.append(_f(r["mean"]) + (f" ± {_f(r['std'])}" if r["std"] is not None else "")
+                                 + f" ({r['n']})")
+            out.append(f"| {c} | " + " | ".join(cells) + " |")
+        out += ["", f"### {split}: difference from {baseline}, paired by seed", "",
+                "| config | metric | mean diff | std | 95% CI | p | seeds |", "|---|---|---:|---:|---|---:|---|"]
+        for c in configs:
+            if c == baseline:
+                continue
+            for m in metrics:
+                d = dindex.get((c, split, m))
+                if d is None or d["n"] == 0:
+                    continue
+                star = " *" if d["significant"] else ""
+                ci = "-" if d["ci_low"] is None else f"{_signed(d['ci_low'])} to {_signed(d['ci_high'])}"
+                out.append(f"| {c} | `{m}` | {_signed(d['mean'])}{star} | {_f(d['std'])} | {ci} | {_p(d['p'])} | "
+                           f"{sign_count(d)} |")
+        out += ["", f"`*`: p < {ALPHA}.", ""]
+    out += ["## Wall time per run (mean over seeds)", "", "| config | train (s) | one evaluation (s) |",
+            "|---|---:|---:|"]
+    for c in [*configs, BASE]:
+        w = wall.get(c, {})
+        out.append(f"| {c} | {_f(w.get('train'), 0)} | {_f(w.get('eval'), 0)} |")
+    out += ["", "## The pixel oracle on rendered ground truth", "",
+            "Accuracy of `recon_ft.data.oracle.scene_match` on the benchmark's own renderings (the answer is "
+            "known). A `synthetic/gen_*` metric is reported above only if its attribute reaches "
+            "0.95 at the generator's resolution.", "",
+            "| split | image size | n | " + " | ".join(oracle[0]["accuracy"]) + " |" if oracle else "",
+            "|---|---:|---:|" + "---:|" * (len(oracle[0]["accuracy"]) if oracle else 0)]
+    for o in oracle:
+        out.append(f"| {o['split']} | {o['image_size']} | {o['n']} | "
+                   + " | ".join(_f(v) for v in o["accuracy"].values()) + " |")
+    if left_out:
+        out += ["", "Not reported (the oracle does not read their attribute reliably at this resolution): "
+                + ", ".join(f"`{m}`" for m in left_out) + "."]
+    return "\n".join(out) + "\n"
+
+
+def write_report(*, cfg, command: str, rows, summary, diffs, wall, oracle: list[dict], docs: Path,
+                 meta: dict | None = None) -> dict:
+    """docs (the markdown) and, beside it in <stem>/, results.csv, summary.json and headline.png."""
+    meta = meta or machine()
+    docs = Path(docs)
+    data = docs.parent / docs.stem
+    gate = next((o for o in oracle if o["image_size"] == int(cfg.oracle.image_size)), None) if oracle else None
+    metrics, left_out = headline_metrics(list(cfg.headline), gate)
+    write_csv(rows, data / "results.csv")
+    configs = [BASE, *cfg.configs]
+    plot(summary, configs, list(cfg.eval.splits), metrics, data / "headline.png")
+    payload = {"command": command, "method": METHOD.format(baseline=cfg.baseline), "meta": meta,
+               "headline": metrics, "left_out": left_out, "summary": summary, "differences": diffs,
+               "wall_seconds": wall, "oracle": oracle}
+    (data / "summary.json").write_text(json.dumps(payload, indent=1))
+    text = markdown(cfg=cfg, command=command, summary=summary, diffs=diffs, wall=wall, oracle=oracle,
+                    metrics=metrics, left_out=left_out, meta=meta, figure=f"{data.name}/headline.png",
+                    data_dir=data.name)
+    docs.write_text(text)
+    return payload

@@ -1,0 +1,60 @@
+"""Run the planned chains as subprocesses, `jobs` at a time, each on its share of the cores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from recon_ft.study.plan import Chain, Step
+
+log = logging.getLogger(__name__)
+
+
+def threads_per_job(jobs: int, cores: int | None = None) -> int:
+    """Torch threads for each of `jobs` parallel runs: the cores shared out, at least one."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, jobs))
+
+
+def run_step(step: Step, threads: int, cwd: Path) -> float:
+    """One subprocess, its output in <out_dir>/study.log; returns and records its wall time (s)."""
+    step.out_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    start = time.perf_counter()
+    with open(step.out_dir / "study.log", "w") as logfile:
+        result = subprocess.run(step.command, cwd=cwd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{step.name} failed (exit {result.returncode}); see {step.out_dir / 'study.log'}")
+    (step.out_dir / "wall.json").write_text(json.dumps({"seconds": seconds, "threads": threads}))
+    return seconds
+
+
+def run_chain(chain: Chain, threads: int, cwd: Path) -> None:
+    for step in chain.todo:
+        log.info("start %s", step.name)
+        seconds = run_step(step, threads, cwd)
+        log.info("done %s in %.0f s", step.name, seconds)
+
+
+def run_all(chains: list[Chain], jobs: int, threads: int, cwd: Path) -> list[str]:
+    """Every chain with steps left, `jobs` at a time; returns the failures (a failed chain stops,
+    the others go on, and a restart retries it)."""
+    todo = [c for c in chains if c.todo]
+    skipped = sum(len(c.steps) - len(c.todo) for c in chains)
+    log.info("%d chains to run (%d steps already done, skipped)", len(todo), skipped)
+    failures = []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(run_chain, c, threads, cwd): c for c in todo}
+        for future, chain in futures.items():
+            try:
+                future.result()
+            except RuntimeError as exc:
+                log.error("%s", exc)
+                failures.append(str(exc))
+    return failures

@@ -1,0 +1,87 @@
+"""The pixel oracle's shape reading (kind and size) and its validation on rendered ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recon_ft.data.oracle import ATTRIBUTES, read_objects, read_shape, radius, scene_match, validate_oracle
+from recon_ft.data.synthetic import BACKGROUND, COLOURS, Scene, Shape, colour_match, generate, shape_mask
+
+
+def draw(objects, size=64):
+    """A hand-made image: (kind, colour, size name, centre x, centre y) per object."""
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = BACKGROUND
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    for kind, colour, size_name, cx, cy in objects:
+        image[shape_mask(kind, xs, ys, cx, cy, radius(size_name, size))] = COLOURS[colour]
+    return image
+
+
+def test_radius_is_renders():
+    # 64 px: a slot is 64/3 px wide, small = 0.55 of half a slot, large = 0.85
+    assert radius("small", 64) == pytest.approx(0.55 * 64 / 6)
+    assert radius("large", 32) == pytest.approx(0.85 * 32 / 6)
+
+
+@pytest.mark.parametrize("kind", ["circle", "square", "triangle", "star"])
+@pytest.mark.parametrize("size_name", ["small", "large"])
+def test_each_kind_and_size_is_read_at_64px(kind, size_name):
+    image = draw([(kind, "red", size_name, 30.3, 33.7)])
+    mask = (image != BACKGROUND).any(-1)
+    got_kind, got_size, iou = read_shape(mask)
+    assert (got_kind, got_size) == (kind, size_name)
+    assert 0.85 < iou <= 1.0  # the true template, placed to a quarter pixel
+
+
+def test_objects_left_to_right_with_all_attributes():
+    image = draw([("star", "blue", "large", 10.0, 20.0), ("triangle", "orange", "small", 32.0, 40.0),
+                  ("square", "green", "large", 53.0, 30.0)])
+    seen = read_objects(image)
+    assert [(o.colour, o.kind, o.size) for o in seen] == [
+        ("blue", "star", "large"), ("orange", "triangle", "small"), ("green", "square", "large")]
+
+
+def test_scene_match_scores_by_position():
+    # drawn: a large red square, then a small blue square; wanted: a large red circle, then a large blue square
+    image = draw([("square", "red", "large", 12.0, 30.0), ("square", "blue", "small", 45.0, 30.0)])
+    wanted = Scene((Shape("circle", "red", "large"), Shape("square", "blue", "large")))
+    scores = scene_match(image, wanted)
+    assert scores == {"count": 1.0, "colour": 1.0, "kind": 0.5, "size": 0.5, "exact": 1.0, "scene_exact": 0.0}
+    # the colour part is colour_match's, unchanged
+    assert {k: scores[k] for k in ("count", "colour", "exact")} == colour_match(image, wanted)
+
+
+def test_scene_match_order_matters_and_missing_objects_count():
+    image = draw([("circle", "green", "small", 12.0, 30.0), ("star", "purple", "large", 45.0, 30.0)])
+    swapped = Scene((Shape("star", "purple", "large"), Shape("circle", "green", "small")))
+    assert scene_match(image, swapped) == {"count": 1.0, "colour": 0.0, "kind": 0.0, "size": 0.0,
+                                           "exact": 0.0, "scene_exact": 0.0}
+    three = Scene((Shape("circle", "green", "small"), Shape("star", "purple", "large"), Shape("star", "red", "small")))
+    scores = scene_match(image, three)
+    assert scores["count"] == 0.0 and scores["colour"] == pytest.approx(2 / 3) and scores["scene_exact"] == 0.0
+    blank = np.full((32, 32, 3), BACKGROUND, dtype=np.uint8)
+    assert scene_match(blank, swapped)["kind"] == 0.0
+
+
+def test_rendered_items_are_read_exactly_at_64px():
+    result = validate_oracle("test", n=12, image_size=64)
+    assert result["n"] == 12 and result["image_size"] == 64 and result["split"] == "test"
+    assert result["accuracy"] == dict.fromkeys(ATTRIBUTES, 1.0)
+    assert result["validated"] == list(ATTRIBUTES)
+
+
+def test_validation_at_32px_counts_what_the_oracle_gets_wrong():
+    result = validate_oracle("val", n=20, image_size=32)
+    acc = result["accuracy"]
+    assert acc["count"] == acc["colour"] == acc["size"] == acc["exact"] == 1.0
+    # the per-item mean of scene_match, recomputed by hand
+    kinds = [scene_match(px, sc)["kind"] for sc, px in (generate(0, "val", i, 32) for i in range(20))]
+    assert acc["kind"] == pytest.approx(sum(kinds) / 20)
+    assert ("kind" in result["validated"]) == (acc["kind"] >= 0.95)
+
+
+def test_validation_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n >= 1"):
+        validate_oracle("val", n=0)
