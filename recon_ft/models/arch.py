@@ -286,14 +286,18 @@ def sdxl_base_arch() -> dict:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    import torch
+
     from recon_ft.models.tokenizers import clip_tokenizer
 
+    with torch.device("cpu"):  # its sigmas go through numpy: not on the meta device
+        scheduler = EulerDiscreteScheduler(**sdxl_scheduler_config())
     return dict(
         vae=AutoencoderKL(**dict(sd15_vae_config(), sample_size=1024, scaling_factor=0.13025, force_upcast=True)),
         unet=UNet2DConditionModel(**sdxl_unet_config()),
         text_encoder=CLIPTextModel(sd15_text_config()),
         text_encoder_2=CLIPTextModelWithProjection(sdxl_text_2_config()),
-        scheduler=EulerDiscreteScheduler(**sdxl_scheduler_config()),
+        scheduler=scheduler,
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(pad_token="!"),
     )
