@@ -26,6 +26,11 @@ from tests.conftest import CAPTIONER_ADAPTER, TEXT_ENCODER_ADAPTER, UNET_ADAPTER
 CONF = Path(__file__).resolve().parents[1] / "conf" / "generator"
 
 # config -> (arch, prediction type, resolution, text encoder classes)
+# parameter counts of the released checkpoints' parts, per arch
+RELEASED = {
+    "sd21": {"unet": 865_910_724, "text_encoder": 340_387_840},
+    "sdxl_base": {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
+}
 REAL = {
     "sd_v1_5": ("sd15", "epsilon", 512, ["CLIPTextModel"]),
     "sd_v2_1": ("sd21", "v_prediction", 768, ["CLIPTextModel"]),
@@ -56,6 +61,14 @@ def test_real_architecture_on_meta_takes_the_configured_lora(config):
     assert unet.config.sample_size * vae_factor == resolution
     # cross-attention width = what the text encoder(s) hand the UNet
     assert unet.config.cross_attention_dim == sum(te.config.hidden_size for te in text_encoders)
+
+
+@pytest.mark.parametrize("arch", sorted(RELEASED))
+def test_real_architectures_have_the_released_sizes(arch):
+    with torch.device("meta"):
+        parts = generator_arch(arch)
+    counts = {part: sum(p.numel() for p in parts[part].parameters()) for part in RELEASED[arch]}
+    assert counts == RELEASED[arch]
 
 
 def test_sdxl_added_conditioning_width_matches_its_parts():
