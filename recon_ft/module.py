@@ -83,7 +83,13 @@ def build_frozen_cache(cfg, generator) -> FrozenCache | None:
     cfg = CacheConfig.coerce(cfg)
     if not cfg.enabled:
         return None
-    if cfg.text_states and any(p.requires_grad for p in generator.text_encoder.parameters()):
+    if cfg.text_states and not getattr(generator, "text_states_cacheable", True):
+        raise ValueError(
+            f"frozen_cache.text_states: not supported for {type(generator).__name__} (its conditioning is "
+            "not one tensor per caption); use frozen_cache.latents only"
+        )
+    encoders = generator.text_encoders() if hasattr(generator, "text_encoders") else [generator.text_encoder]
+    if cfg.text_states and any(p.requires_grad for te in encoders for p in te.parameters()):
         raise ValueError(
             "frozen_cache.text_states: the text encoder trains (generator.text_encoder_adapter), so its "
             "states change every step; cache them only with text_encoder_adapter.mode=frozen"

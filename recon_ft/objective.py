@@ -122,7 +122,7 @@ def compute_losses(
                 device,
             )
         else:
-            cond = generator.encode_text(generator.tokenize(captions, device))  # (B, 77, D)
+            cond = generator.encode_text(generator.tokenize(captions, device))  # (B, 77, D), or SDXL's structure
         pred = generator.denoise(zt, t, cond)  # (B, 4, h, w)
         if w["gen"]:
             out["loss_gen"] = L.generation_loss(pred, target, snr_w)
@@ -136,8 +136,8 @@ def compute_losses(
         probs = L.soft_tokens(logits[:, p_len - 1 : -1], cfg.tau, cfg.gumbel, rng)  # (B, N, V_C)
         # P(next position continues the word), (B, N): sends "skate ##board" to "skate board</w>"
         next_continues = bridge.next_continues(probs, caption_mask)
-        token_embeds = bridge.embed(probs, generator.token_embedding.weight, next_continues)  # (B, N, D_tok)
-        cond_soft = generator.encode_soft(token_embeds, caption_mask.sum(1), critic=critic)
+        # through B into the text encoder's(s') token embeddings, then encoded: cond as encode_text's
+        cond_soft = generator.encode_bridged(bridge, probs, next_continues, caption_mask.sum(1), critic=critic)
         pred_soft = generator.denoise(zt, t, cond_soft, critic=critic)
         out["loss_i2t2i"] = L.image_cycle_loss(pred_soft, target, snr_w)
         out["bridge_mass"] = bridge.mass_coverage(probs.detach(), caption_mask)

@@ -215,7 +215,8 @@ def _load_captioner_adapter(captioner, spec: AdapterSpec, directory: Path) -> No
 def _load_generator_adapter(generator, unet_spec: AdapterSpec, te_spec: AdapterSpec, directory: Path) -> None:
     if "full" in (unet_spec.mode, te_spec.mode) and not load_full_weights(generator, directory):
         raise FileNotFoundError(f"{directory}/trainable_weights.safetensors: file not found (adapter mode full)")
-    lora = [(m, s) for m, s in ((generator.unet, unet_spec), (generator.text_encoder, te_spec)) if s.mode == "lora"]
+    specs = {name: unet_spec if name == "unet" else te_spec for name in generator.adapter_parts()}
+    lora = [(m, specs[name]) for name, m in generator.adapter_parts().items() if specs[name].mode == "lora"]
     if not lora:
         return
     weights = directory / "pytorch_lora_weights.safetensors"

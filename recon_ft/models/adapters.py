@@ -32,21 +32,21 @@ def save_captioner_adapter(captioner, directory: str | Path) -> None:
 
 
 def save_generator_adapter(generator, directory: str | Path) -> None:
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     directory = Path(directory)
+    parts = generator.adapter_parts()  # unet, text_encoder (and text_encoder_2 for SDXL)
     lora = {}
-    for name, module in (("unet", generator.unet), ("text_encoder", generator.text_encoder)):
+    for name, module in parts.items():
         if getattr(module, "peft_config", None):
             lora[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
             # Rank, alpha and targets travel with the weights: without them loaders assume alpha = r.
             lora[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
     if lora:
-        StableDiffusionPipeline.save_lora_weights(directory, safe_serialization=True, **lora)
+        generator.pipeline_class.save_lora_weights(directory, safe_serialization=True, **lora)
     full = {}
-    for name, module in (("unet", generator.unet), ("text_encoder", generator.text_encoder)):
+    for name, module in parts.items():
         if not getattr(module, "peft_config", None):
             full.update(_trainable_state(module, prefix=f"{name}."))
     if full:

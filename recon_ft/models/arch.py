@@ -1,6 +1,8 @@
 """The real architectures with random weights, no download: for benchmarks at true size.
 
-`sd15_arch()` is Stable Diffusion v1.5 (UNet 860M, VAE 84M, CLIP ViT-L/14 text encoder 123M parameters)
+`sd15_arch()` is Stable Diffusion v1.5 (UNet 860M, VAE 84M, CLIP ViT-L/14 text encoder 123M parameters),
+`sd21_arch()` Stable Diffusion 2.1 (768 px, v-prediction, OpenCLIP ViT-H text encoder), `sdxl_base_arch()`
+SDXL base 1.0 (1024 px, two text encoders)
 and `blip_base_arch()` BLIP base captioning (ViT-B/16 at 384 px + BERT-base text decoder, 224M),
 their configs written out as in the released checkpoints' config files. The builders reach them as
 `build_stable_diffusion(arch="sd15")` and `build_blip(arch="blip_base")`, with the real tokenizers
@@ -134,8 +136,176 @@ def sd15_arch() -> dict:
     )
 
 
+def sd_v2_scheduler_config() -> dict:
+    """DDIMScheduler config of stable-diffusion-2-1 (scheduler/scheduler_config.json): SD v1's betas,
+    v-prediction."""
+    return dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+
+
+def sd21_unet_config() -> dict:
+    """UNet2DConditionModel config of stabilityai/stable-diffusion-2-1 (unet/config.json): SD v1's
+    layout with head widths of 64 (5, 10, 20, 20 heads), linear projections, 1024-d cross-attention."""
+    return dict(
+        sd15_unet_config(),
+        sample_size=96,  # latents of 768 px images
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        upcast_attention=True,
+    )
+
+
+def sd21_text_config():
+    """CLIPTextConfig of stable-diffusion-2-1's text_encoder: OpenCLIP ViT-H/14's text tower with its
+    last layer removed (23 of 24 layers: SD 2 conditions on the penultimate layer, final norm applied).
+
+    The hub file carries the legacy bos/eos/pad ids 0/2/1; the tokenizer's real ids are set (SD 2's
+    tokenizer pads with "!", id 0).
+    """
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=23,
+        num_attention_heads=16,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        attention_dropout=0.0,
+        dropout=0.0,
+        projection_dim=512,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+    )
+
+
+def sd21_arch() -> dict:
+    """Random-init Stable Diffusion 2.1 parts (768 px, v-prediction), with its tokenizer (pad "!")."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from recon_ft.models.tokenizers import clip_tokenizer
+
+    return dict(
+        vae=AutoencoderKL(**dict(sd15_vae_config(), sample_size=768)),
+        unet=UNet2DConditionModel(**sd21_unet_config()),
+        text_encoder=CLIPTextModel(sd21_text_config()),
+        scheduler=DDIMScheduler(**sd_v2_scheduler_config()),
+        tokenizer=clip_tokenizer(pad_token="!"),
+    )
+
+
+def sdxl_unet_config() -> dict:
+    """UNet2DConditionModel config of stabilityai/stable-diffusion-xl-base-1.0 (unet/config.json).
+
+    Cross-attention on 2048 = 768 + 1280 (both text encoders' penultimate states concatenated); the
+    "text_time" added embedding takes the pooled text embedding (1280) and six size / crop numbers,
+    each sinusoidally embedded to 256: 1280 + 6 x 256 = 2816.
+    """
+    return dict(
+        sample_size=128,  # latents of 1024 px images
+        in_channels=4,
+        out_channels=4,
+        center_input_sample=False,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        downsample_padding=1,
+        mid_block_scale_factor=1,
+        act_fn="silu",
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        cross_attention_dim=2048,
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        upcast_attention=False,
+        addition_embed_type="text_time",
+        addition_embed_type_num_heads=64,
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
+def sdxl_text_2_config():
+    """CLIPTextConfig of SDXL's text_encoder_2: OpenCLIP ViT-bigG/14's text tower (32 layers, 1280 wide,
+    projection 1280), a CLIPTextModelWithProjection."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        attention_dropout=0.0,
+        dropout=0.0,
+        projection_dim=1280,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+    )
+
+
+def sdxl_scheduler_config() -> dict:
+    """EulerDiscreteScheduler config of stable-diffusion-xl-base-1.0 (epsilon prediction)."""
+    return dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+        timestep_spacing="leading",
+        use_karras_sigmas=False,
+    )
+
+
+def sdxl_base_arch() -> dict:
+    """Random-init SDXL base 1.0 parts (1024 px): VAE (scaling 0.13025), UNet 2.6B, CLIP ViT-L text
+    encoder (as SD 1.5's) and OpenCLIP bigG text encoder with projection, both tokenizers."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    import torch
+
+    from recon_ft.models.tokenizers import clip_tokenizer
+
+    with torch.device("cpu"):  # its sigmas go through numpy: not on the meta device
+        scheduler = EulerDiscreteScheduler(**sdxl_scheduler_config())
+    return dict(
+        vae=AutoencoderKL(**dict(sd15_vae_config(), sample_size=1024, scaling_factor=0.13025, force_upcast=True)),
+        unet=UNet2DConditionModel(**sdxl_unet_config()),
+        text_encoder=CLIPTextModel(sd15_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(sdxl_text_2_config()),
+        scheduler=scheduler,
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+    )
+
+
 CAPTIONER_ARCHS = {"blip_base": blip_base_arch}
-GENERATOR_ARCHS = {"sd15": sd15_arch}
+# Stable Diffusion 1.x / 2.x (build_stable_diffusion) and SDXL (build_sdxl) take different parts.
+GENERATOR_ARCHS = {"sd15": sd15_arch, "sd21": sd21_arch, "sdxl_base": sdxl_base_arch}
 
 
 def _lookup(table: dict, name: str, what: str):

@@ -2,15 +2,19 @@
 
 What the losses and the evaluation need from a generator:
   - `tokenize(captions)` and `encode_text(ids)`: conditioning from token ids, (B, 77, D);
-  - `token_embedding` and `encode_soft(token_embeds, lengths)`: conditioning from soft tokens
-    (the vocabulary bridge's output), with the text encoder's own BOS / EOS / padding around them;
+  - `encode_bridged(bridge, probs, next_continues, lengths)`: conditioning from the captioner's soft
+    caption, mapped by the vocabulary bridge into the text encoder's token embeddings
+    (`token_embedding`, then `encode_soft(token_embeds, lengths)`, with the text encoder's own
+    BOS / EOS / padding around them);
   - `encode_images` / `decode_latents`: VAE, images in [-1, 1] <-> scaled latents; `encode_images` is
     `encode_moments` (the posterior's parameters, cacheable) then `sample_latents` (`decode_latents`
     goes through the cheaper `cycle_decoder` when one is set: it only serves the text cycle);
   - `denoise(zt, t, cond)`: the denoiser's prediction (epsilon or v);
   - `alphas_cumprod`, `prediction_type`, `num_train_timesteps`: the noise schedule;
   - `sample(prompts, seeds)`: images through the diffusers pipeline.
-SD 2.x fits this class as is (v-prediction); SDXL needs a second text encoder and its own class.
+The conditioning `cond` is opaque to the losses: only the generator builds it (`encode_text`,
+`encode_bridged`) and consumes it (`denoise`). Here it is a (B, 77, D) tensor; SDXL's is a structure
+(recon_ft.models.sdxl). SD 2.x fits this class as is (v-prediction, a tokenizer padding with "!").
 """
 
 from __future__ import annotations
@@ -79,6 +83,22 @@ class StableDiffusionGenerator(nn.Module):
     def token_embedding(self) -> nn.Embedding:
         return self.text_encoder.embeddings.token_embedding
 
+    # What a frozen-cache entry of text states can hold: a (77, D) tensor per caption.
+    text_states_cacheable = True
+
+    @property
+    def pipeline_class(self):
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline
+
+    def adapter_parts(self) -> dict[str, nn.Module]:
+        """The parts adapters can train, by the names diffusers' LoRA files use."""
+        return {"unet": self.unet, "text_encoder": self.text_encoder}
+
+    def text_encoders(self) -> list[nn.Module]:
+        return [self.text_encoder]
+
     # -- text -----------------------------------------------------------------------------------
     def tokenize(self, captions: list[str], device=None) -> torch.Tensor:
         ids = self.tokenizer(
@@ -90,25 +110,21 @@ class StableDiffusionGenerator(nn.Module):
         """(B, 77) ids -> (B, 77, D) conditioning."""
         return self.encode_embeddings(self.token_embedding(input_ids), critic=critic)
 
+    def encode_bridged(self, bridge, probs: torch.Tensor, next_continues: torch.Tensor, lengths: torch.Tensor,
+                       critic: bool = False):
+        """The captioner's soft caption probs (B, N, |V_C|) -> conditioning, through the bridge into
+        the text encoder's token embeddings (B, N, D_tok)."""
+        token_embeds = bridge.embed(probs, self.token_embedding.weight, next_continues)
+        return self.encode_soft(token_embeds, lengths, critic=critic)
+
     def encode_soft(self, token_embeds: torch.Tensor, lengths: torch.Tensor, critic: bool = False) -> torch.Tensor:
         """Soft caption tokens (B, N, D_tok), row b valid for its first lengths[b] positions -> (B, 77, D).
 
         The sequence is laid out exactly as the tokenizer lays out a caption of lengths[b] tokens:
         BOS, the soft tokens, EOS, then padding, so the text encoder sees its own conventions.
         """
-        b, n, _ = token_embeds.shape
-        device = token_embeds.device
-        lengths = lengths.clamp(max=self.max_length - 2)
-        pos = torch.arange(self.max_length, device=device)  # (77,)
-        ids = torch.full((b, self.max_length), self.pad_token_id, dtype=torch.long, device=device)
-        ids[:, 0] = self.bos_token_id
-        ids.scatter_(1, (lengths + 1).unsqueeze(1), self.eos_token_id)
-        hard = self.token_embedding(ids)  # (B, 77, D_tok)
-        soft = torch.zeros_like(hard)
-        n = min(n, self.max_length - 2)
-        soft[:, 1 : 1 + n] = token_embeds[:, :n].to(hard.dtype)
-        is_soft = (pos >= 1) & (pos < 1 + lengths.unsqueeze(1))  # (B, 77)
-        return self.encode_embeddings(torch.where(is_soft.unsqueeze(-1), soft, hard), critic=critic)
+        seq = soft_sequence(token_embeds, lengths, self.token_embedding, self.tokenizer)
+        return self.encode_embeddings(seq, critic=critic)
 
     def encode_embeddings(self, token_embeds: torch.Tensor, critic: bool = False) -> torch.Tensor:
         """CLIP text transformer on token embeddings (B, 77, D_tok) -> last hidden state (B, 77, D).
@@ -163,9 +179,7 @@ class StableDiffusionGenerator(nn.Module):
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
 
     def pipeline(self):
-        from diffusers import StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline(
+        pipe = self.pipeline_class(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
@@ -209,7 +223,7 @@ class StableDiffusionGenerator(nn.Module):
     # -- adapters and saving ----------------------------------------------------------------------
     def configure_adapters(self, unet: AdapterSpec, text_encoder: AdapterSpec) -> None:
         self.vae.requires_grad_(False)
-        for module, spec in ((self.unet, unet), (self.text_encoder, text_encoder)):
+        for module, spec in ((self.unet, unet), *((te, text_encoder) for te in self.text_encoders())):
             module.requires_grad_(False)
             if spec.mode == "lora" and module is self.unet:
                 module.add_adapter(spec.lora_config())  # diffusers' PEFT integration
@@ -233,6 +247,25 @@ class StableDiffusionGenerator(nn.Module):
             if decoder is not None:
                 decoder.enable_gradient_checkpointing()
         self.decode_chunk = 1
+
+
+def soft_sequence(token_embeds: torch.Tensor, lengths: torch.Tensor, embedding: nn.Embedding, tokenizer) -> torch.Tensor:
+    """Soft tokens (B, N, D_tok) laid out as `tokenizer` lays out a caption of lengths[b] tokens:
+    BOS, the soft tokens, EOS, then the tokenizer's padding -> (B, max_length, D_tok) embeddings."""
+    b, n, _ = token_embeds.shape
+    device = token_embeds.device
+    max_length = int(tokenizer.model_max_length)
+    lengths = lengths.clamp(max=max_length - 2)
+    pos = torch.arange(max_length, device=device)  # (77,)
+    ids = torch.full((b, max_length), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    ids[:, 0] = tokenizer.bos_token_id
+    ids.scatter_(1, (lengths + 1).unsqueeze(1), tokenizer.eos_token_id)
+    hard = embedding(ids)  # (B, 77, D_tok)
+    soft = torch.zeros_like(hard)
+    n = min(n, max_length - 2)
+    soft[:, 1 : 1 + n] = token_embeds[:, :n].to(hard.dtype)
+    is_soft = (pos >= 1) & (pos < 1 + lengths.unsqueeze(1))  # (B, 77)
+    return torch.where(is_soft.unsqueeze(-1), soft, hard)
 
 
 class _TextTransformer(nn.Module):
@@ -265,9 +298,12 @@ def build_stable_diffusion(
     gradient_checkpointing: bool = False,
     save_base_to: str | None = None,
     init_seed: int = 0,
+    pad_token: str = "<|endoftext|>",
 ) -> StableDiffusionGenerator:
-    """Stable Diffusion from `pretrained` (hub id or pipeline directory) or, offline, a tiny config or a
-    real architecture with random weights (`arch`, see recon_ft.models.arch: "sd15").
+    """Stable Diffusion 1.x / 2.x from `pretrained` (hub id or pipeline directory) or, offline, a tiny
+    config or a real architecture with random weights (`arch`, see recon_ft.models.arch: "sd15",
+    "sd21"). `pad_token`: the offline tiny build's tokenizer padding ("!" as SD 2.x's); a
+    pretrained pipeline and an `arch` bring their own tokenizer.
 
     `cycle_decoder`: which decoder the text cycle backpropagates through. `full` is the VAE's;
     `tiny` is diffusers' AutoencoderTiny (TAESD), loaded from `cycle_decoder_pretrained` (a local
@@ -292,10 +328,12 @@ def build_stable_diffusion(
 
         if arch and tiny:
             raise ValueError("generator: give `arch` or `tiny`, not both")
+        if arch == "sdxl_base":
+            raise ValueError("generator.arch: sdxl_base is built by recon_ft.models.sdxl.build_sdxl")
         with torch.random.fork_rng():
             torch.manual_seed(init_seed)
             parts = generator_arch(arch) if arch else tiny_sd_components(**(tiny or {}))
-        parts["tokenizer"] = clip_tokenizer()
+        parts.setdefault("tokenizer", clip_tokenizer(pad_token=pad_token))
     parts["cycle_decoder"] = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
     generator = StableDiffusionGenerator(**parts)
     if save_base_to and not pretrained and is_rank_zero():

@@ -103,3 +103,56 @@ def sd_v1_scheduler_config(prediction_type: str = "epsilon") -> dict:
         steps_offset=1,
         prediction_type=prediction_type,
     )
+
+
+def tiny_sdxl_components(sample_size: int = 32, text_dims: tuple[int, int] = (32, 32), time_embed_dim: int = 8):
+    """Random-init SDXL parts: the tiny SD VAE, two CLIP text encoders (the second with a projection
+    giving the pooled embedding) and a UNet with SDXL's "text_time" added conditioning.
+
+    Cross-attention width = text_dims[0] + text_dims[1] (the two penultimate states concatenated);
+    the added embedding takes the pooled text embedding (text_dims[1]) and 6 size / crop numbers
+    of time_embed_dim each: projection_class_embeddings_input_dim = text_dims[1] + 6 * time_embed_dim.
+    """
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    parts = tiny_sd_components(sample_size, cross_attention_dim=text_dims[0])
+    d1, d2 = text_dims
+    parts["unet"] = UNet2DConditionModel(
+        sample_size=sample_size // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=d1 + d2,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=d2 + 6 * time_embed_dim,
+    )
+    parts["text_encoder_2"] = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=CLIP_VOCAB_SIZE,
+            hidden_size=d2,
+            intermediate_size=2 * d2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=d2,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=0,
+        )
+    )
+    assert isinstance(parts["text_encoder"], CLIPTextModel)
+    # SDXL's sampler, SD's betas.
+    parts["scheduler"] = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+    )
+    return parts

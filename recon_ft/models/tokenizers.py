@@ -149,8 +149,9 @@ def clip_tokenizer_files(cache_dir: str | None = None) -> Path:
     return folder
 
 
-def clip_tokenizer(cache_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
-    """Stable Diffusion v1's tokenizer (CLIP BPE), rebuilt offline.
+def clip_tokenizer(cache_dir: str | os.PathLike | None = None, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """Stable Diffusion v1's tokenizer (CLIP BPE), rebuilt offline; `pad_token="!"` gives SD 2.x's and
+    SDXL's second tokenizer (the same vocabulary and merges, OpenCLIP's padding: "!", id 0).
 
     model_max_length=77 matters: without it diffusers' pipelines overflow on max_length
     (DESIGN.md section 10). BOS 49406, EOS = pad = unk = 49407 ("<|endoftext|>"), as SD v1.
@@ -161,7 +162,7 @@ def clip_tokenizer(cache_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
         vocab=str(folder / "vocab.json"),
         merges=str(folder / "merges.txt"),
         model_max_length=CLIP_MAX_LENGTH,
-        pad_token="<|endoftext|>",
+        pad_token=pad_token,
     )
     assert len(tok) == CLIP_VOCAB_SIZE and tok.bos_token_id == CLIP_BOS_ID
     return tok
