@@ -37,6 +37,7 @@ def study_cfg(out_dir: Path, **extra):
                    "txt": ["loss.lambda_txt=1"]}
     cfg.headline = ["m", "synthetic/gen_colour", "synthetic/gen_kind"]
     cfg.oracle.image_size = 32
+    cfg.eval.split_overrides = {"val": ["analysis.i2t2i=false"]}
     return OmegaConf.merge(cfg, extra)
 
 
@@ -94,6 +95,8 @@ def test_plan_commands_and_resume(tmp_path):
     assert ev_val.command[:3] == ("py", "eval.py", f"run_dir={tmp_path}/runs/no_cycle/seed0/train")
     assert "split=val" in ev_val.command and "num_threads=1" in ev_val.command
     assert "split=test" in ev_test.command
+    # the split's own overrides follow the common ones, on that split only
+    assert "analysis.i2t2i=false" in ev_val.command and "analysis.i2t2i=false" not in ev_test.command
     base = [c for c in chains if c.config == BASE]
     assert [c.seed for c in base] == [None, None]
     assert not any(a.startswith("run_dir=") for a in base[0].steps[0].command)

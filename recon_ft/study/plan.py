@@ -74,6 +74,7 @@ def plan(cfg, python: str = sys.executable, threads: int = 1) -> list[Chain]:
     out = Path(cfg.out_dir)
     train_common = list(cfg.get("train_overrides") or [])
     eval_common = list(cfg.eval.get("overrides") or []) + [f"num_threads={threads}"]
+    per_split = cfg.eval.get("split_overrides") or {}  # split -> overrides on top of eval_common
     chains = []
     for name, overrides in cfg.configs.items():
         for seed in cfg.seeds:
@@ -87,13 +88,13 @@ def plan(cfg, python: str = sys.executable, threads: int = 1) -> list[Chain]:
                 eval_dir = where / f"eval_{split}"
                 steps.append(Step(f"{name}/seed{seed}/eval_{split}",
                                   (python, "eval.py", f"run_dir={train_dir}", f"split={split}", *eval_common,
-                                   f"hydra.run.dir={eval_dir}"),
+                                   *per_split.get(split, []), f"hydra.run.dir={eval_dir}"),
                                   eval_dir, "metrics.json"))
             chains.append(Chain(str(name), int(seed), tuple(steps)))
     for split in cfg.eval.splits:
         eval_dir = out / BASE / f"eval_{split}"
         chains.append(Chain(BASE, None, (Step(f"{BASE}/eval_{split}",
                                               (python, "eval.py", f"split={split}", *eval_common,
-                                               f"hydra.run.dir={eval_dir}"),
+                                               *per_split.get(split, []), f"hydra.run.dir={eval_dir}"),
                                               eval_dir, "metrics.json"),)))
     return chains
