@@ -83,7 +83,7 @@ def validate_clip(model, tokenizer, recipe: ClipRecipe) -> dict:
 
 def report(validation: dict) -> str:
     v = validation
-    return (f"on {v['items']} val items: retrieval top-1 {v['retrieval_top1']:.3f} (among {min(64, v['items'])} captions); zero-shot colour "
-            f"{v['zero_shot_colour']:.3f}, kind {v['zero_shot_kind']:.3f}, size {v['zero_shot_size']:.3f}, count "
-            f"{v['zero_shot_count']:.3f}; CLIPScore matched {v['clip_score_matched']:.1f} vs mismatched "
-            f"{v['clip_score_mismatched']:.1f}")
+    return (f"on {v['items']} val items: retrieval top-1 {v['retrieval_top1']:.3f} (among "
+            f"{min(64, v['items'])} captions); zero-shot colour {v['zero_shot_colour']:.3f}, "
+            f"kind {v['zero_shot_kind']:.3f}, size {v['zero_shot_size']:.3f}, count {v['zero_shot_count']:.3f}; "
+            f"CLIPScore matched {v['clip_score_matched']:.1f} vs mismatched {v['clip_score_mismatched']:.1f}")
