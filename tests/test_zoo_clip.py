@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from recon_ft.data.synthetic import Scene, Shape
@@ -124,6 +125,7 @@ def test_metrics_zoo_is_evals_default_and_scores_with_the_zoo_clip(tmp_path):
     assert cfg.metrics.clip._target_ == "recon_ft.eval.features.zoo_clip_features"
     metrics = evaluate(cfg)
     assert ensure_clip() == clip_dir(get_clip_recipe("smoke"))  # built on first use, into the test cache
+    assert OmegaConf.create({"p": "${zoo:clip}"}).p == str(clip_dir(get_clip_recipe("smoke")))
     assert metrics["extractors/clip"] == f"zoo CLIP {key} (trained on the synthetic benchmark)"
     assert metrics["extractors/fid"] == f"image tower of zoo CLIP {key} (trained on the synthetic benchmark)"
     assert metrics["extractors/random"] is False
