@@ -23,6 +23,7 @@ from recon_ft.eval.seeds import item_seed
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 FAST = [
+    "metrics=tiny",  # random extractors: the plumbing (metrics=zoo, eval's default, is tested in test_zoo_clip.py)
     "num_threads=1",  # restored after each evaluation; 2 threads crawl when other processes share the CPU
     "limit=4",
     "batch_size=3",  # 4 items: one full and one partial batch

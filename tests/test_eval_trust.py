@@ -179,7 +179,7 @@ def test_random_extractors_are_named_and_the_report_opens_with_a_summary(tmp_pat
     from tests.test_eval_pipeline import run_eval
 
     out = tmp_path / "eval"
-    metrics = run_eval(out, "report.grid_items=3")  # metrics=tiny, the default
+    metrics = run_eval(out, "report.grid_items=3")  # metrics=tiny (the tests' FAST overrides)
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == metrics
     assert {k: v for k, v in on_disk.items() if k.startswith("extractors/")} == {

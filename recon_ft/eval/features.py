@@ -175,6 +175,21 @@ def tiny_clip_features(seed: int = 0, embed_dim: int = 32, image_size: int = 32,
     return feats.to(device)
 
 
+def zoo_clip_features(directory: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                      batch_size: int = 64) -> ClipFeatures:
+    """The synthetic zoo's CLIP (recon_ft.zoo.clip): trained on the shapes benchmark, the CLIP of
+    metrics=zoo. ``directory``: a built zoo CLIP; None: the zoo's cache (built on first use, about
+    2 minutes; recipe $RECON_FT_ZOO, else default)."""
+    from recon_ft.zoo.cache import ensure_clip
+    from recon_ft.zoo.clip import load_clip
+
+    model, tokenizer, record = load_clip(directory if directory is not None else ensure_clip())
+    feats = ClipFeatures(model, tokenizer, record["model_config"]["vision_cfg"]["image_size"], CLIP_MEAN, CLIP_STD,
+                         batch_size)
+    feats.description = f"zoo CLIP {record['key']} (trained on the synthetic benchmark)"
+    return feats.to(device)
+
+
 # --------------------------------------------------------------------------- FID / IS features
 
 class _FrozenFeatures(nn.Module):
@@ -246,6 +261,55 @@ class TinyImageFeatures(_FrozenFeatures):
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
                           align_corners=False)
         return self.net(x.clamp(0, 1) * 2 - 1)
+
+
+class ClipImageFeatures(_FrozenFeatures):
+    """A CLIP's image tower as FID's feature network (as FID_CLIP does with real CLIP): its image
+    embeddings (B, embed_dim), before L2 normalization."""
+
+    def __init__(self, clip: ClipFeatures):
+        super().__init__()
+        self.clip = clip
+        self.num_features = int(clip.model.text_projection.shape[1])
+        self.random, self.description = clip.random, f"image tower of {clip.description}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        return self.clip.model.encode_image(self.clip.preprocess(x)).float()
+
+
+class ClipZeroShotLogits(_FrozenFeatures):
+    """A CLIP as the Inception Score's classifier: logits (B, C) = the CLIP's logit scale x the
+    cosine of each image with C class prompts (zero-shot classification, as CLIP's paper does)."""
+
+    def __init__(self, clip: ClipFeatures, prompts: Sequence[str], name: str = "classes"):
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("classes", clip.encode_text(list(prompts)), persistent=False)  # (C, D)
+        self.num_features = len(prompts)
+        self.random = clip.random
+        self.description = f"{clip.description}, zero-shot over {len(prompts)} {name}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        scale = self.clip.model.logit_scale.exp().clamp(max=100)
+        return scale * self.clip.encode_image(x) @ self.classes.T
+
+
+def zoo_clip_fid_features(kind: str = "image", directory: str | os.PathLike | None = None) -> _FrozenFeatures:
+    """FID / IS features from the zoo's CLIP (metrics=zoo): ``kind="image"``, its image embeddings
+    (FID); ``"classes"``, zero-shot logits over the benchmark's 24 colour-kind classes ("a red
+    circle", ...), the Inception Score's class distribution."""
+    from recon_ft.data.synthetic import COLOURS, KINDS
+
+    clip = zoo_clip_features(directory)
+    if kind == "image":
+        return ClipImageFeatures(clip)
+    if kind == "classes":
+        return ClipZeroShotLogits(clip, [f"a {c} {k}" for c in COLOURS for k in KINDS], "colour-kind classes")
+    raise ValueError(f"zoo_clip_fid_features: kind must be 'image' or 'classes', got {kind!r}")
 
 
 def fid_feature_extractor(kind: str = "inception", weights_path: str | os.PathLike | None = None,

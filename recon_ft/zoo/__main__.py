@@ -1,6 +1,8 @@
 """python -m recon_ft.zoo [--recipe default] [--out DIR] [--threads N]: build a zoo and print its summary.
 
-Without --out the zoo goes to the cache that `${zoo:...}` reads (a second call finds it there).
+Without --out the zoo goes to the cache that `${zoo:...}` reads (a second call finds it there), and
+its CLIP (the synthetic benchmark's metric extractor, metrics=zoo) into its own cache directory;
+with --out, the CLIP goes to DIR/clip.
 """
 
 from __future__ import annotations
@@ -8,15 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv=None) -> None:
     from recon_ft.zoo.build import build_zoo, resummarize
-    from recon_ft.zoo.cache import ensure_zoo, load_record
+    from recon_ft.zoo.cache import build_clip_once, ensure_clip, ensure_zoo, load_record
+    from recon_ft.zoo.clip_check import report as clip_report
     from recon_ft.zoo.competence import report
-    from recon_ft.zoo.recipe import RECIPES, get_recipe
+    from recon_ft.zoo.recipe import RECIPES, get_clip_recipe, get_recipe
 
     parser = argparse.ArgumentParser(prog="python -m recon_ft.zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="default", choices=sorted(RECIPES))
@@ -32,14 +36,19 @@ def main(argv=None) -> None:
     if args.out:
         record = build_zoo(get_recipe(args.recipe), args.out)
         directory = args.out
+        clip = build_clip_once(get_clip_recipe(args.recipe), Path(args.out) / "clip")
     else:
         directory = ensure_zoo(args.recipe)
         record = load_record(directory)
         if args.resummarize:
             record = resummarize(directory, get_recipe(args.recipe))
+        clip = ensure_clip(args.recipe)  # found when the zoo's build made it; else built now (minutes)
+    clip_record = json.loads((clip / "clip.json").read_text())
     print(f"zoo: {directory}")
     print(f"build seconds: {json.dumps(record['seconds'])}")
     print(report(record["competence"]))
+    print(f"CLIP: {clip} (built in {clip_record['seconds']['total']} s)")
+    print(f"  {clip_report(clip_record['validation'])}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from recon_ft.zoo.recipe import ZooRecipe, get_recipe
+from recon_ft.zoo.recipe import CLIP_RECIPES, ClipRecipe, ZooRecipe, get_clip_recipe, get_recipe
 
 # Rough build times on 2 CPU cores, said before a first-use build starts.
 EXPECTED_MINUTES = {"default": 20, "smoke": 0.2}
@@ -26,6 +26,17 @@ def zoo_dir(recipe: ZooRecipe) -> Path:
     return cache_root() / "zoo" / recipe.key
 
 
+def recipe_name(name: str | None = None) -> str:
+    """`name`, else $RECON_FT_ZOO, else "default"."""
+    return name or os.environ.get("RECON_FT_ZOO", "default")
+
+
+def clip_dir(recipe: ClipRecipe) -> Path:
+    """The zoo CLIP's directory: its own key (clip-<name>-<hash>) next to the zoos, so that it never
+    changes the captioner's and generator's key."""
+    return cache_root() / "zoo" / recipe.key
+
+
 def is_built(directory: Path) -> bool:
     return (directory / "zoo.json").is_file()
 
@@ -33,7 +44,7 @@ def is_built(directory: Path) -> bool:
 def ensure_zoo(name: str | None = None) -> Path:
     """The directory of the zoo of recipe `name` (default: $RECON_FT_ZOO, else "default"), built
     first if it is absent. Concurrent callers (DDP ranks, parallel runs) wait for one build."""
-    recipe = get_recipe(name or os.environ.get("RECON_FT_ZOO", "default"))
+    recipe = get_recipe(recipe_name(name))
     directory = zoo_dir(recipe)
     if is_built(directory):
         return directory
@@ -49,17 +60,45 @@ def ensure_zoo(name: str | None = None) -> Path:
                   + (f"; about {minutes:g} minutes on 2 CPU cores" if minutes else "") + ") ...",
                   file=sys.stderr, flush=True)
             start = time.perf_counter()
-            record = build_zoo(recipe, directory)
+            # The CLIP of the same name is built alongside (after the captioner, in its process).
+            clip = CLIP_RECIPES.get(recipe.name)
+            record = build_zoo(recipe, directory, clip_into=(clip, clip_dir(clip)) if clip else None)
             print(f"zoo built in {(time.perf_counter() - start) / 60:.1f} min\n{report(record['competence'])}",
                   file=sys.stderr, flush=True)
     return directory
 
 
 def zoo_part(part: str, name: str | None = None) -> str:
-    """Path of a zoo model: part "captioner" or "generator". The Hydra resolver `${zoo:part}`."""
+    """Path of a zoo model: part "captioner", "generator" or "clip". The Hydra resolver `${zoo:part}`."""
+    if part == "clip":
+        return str(ensure_clip(name))
     if part not in ("captioner", "generator"):
-        raise ValueError(f"zoo: unknown part {part!r}; expected captioner or generator")
+        raise ValueError(f"zoo: unknown part {part!r}; expected captioner, generator or clip")
     return str(ensure_zoo(name) / part)
+
+
+def build_clip_once(recipe: ClipRecipe, directory: Path, data=None) -> Path:
+    """Build the CLIP into `directory` unless it is there; concurrent callers wait for one build."""
+    if (directory / "clip.json").is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f"{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (directory / "clip.json").is_file():
+            from recon_ft.zoo.clip import build_clip
+
+            print(f"Building the zoo's CLIP '{recipe.name}' into {directory} (first use only"
+                  + ("; about 2 minutes on one CPU core" if recipe.name == "default" else "") + ") ...",
+                  file=sys.stderr, flush=True)
+            build_clip(recipe, directory, data=data)
+    return directory
+
+
+def ensure_clip(name: str | None = None) -> Path:
+    """The directory of the zoo CLIP of recipe `name` (default: $RECON_FT_ZOO, else "default"),
+    built first if it is absent (it does not need the captioner and generator)."""
+    recipe = get_clip_recipe(recipe_name(name))
+    return build_clip_once(recipe, clip_dir(recipe))
 
 
 def load_record(directory: str | Path) -> dict:

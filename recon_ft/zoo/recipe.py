@@ -113,3 +113,77 @@ def get_recipe(name: str) -> ZooRecipe:
     if name not in RECIPES:
         raise ValueError(f"zoo recipe {name!r} is unknown; available: {sorted(RECIPES)}")
     return RECIPES[name]
+
+
+# --------------------------------------------------------------------------- the zoo's CLIP
+
+# Bump when the CLIP build code changes what a ClipRecipe produces.
+CLIP_BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    """A tiny open_clip CLIP trained contrastively on the benchmark: the feature extractor of
+    CLIPScore, CLIP-I, FID and IS on the synthetic benchmark (conf/metrics/zoo.yaml).
+
+    A recipe of its own, with its own cache key, so it never changes the key (and the 20-minute
+    build) of the captioner and generator. Same architecture family as the tiny random CLIP of
+    metrics=tiny (recon_ft.eval.features.tiny_clip_config), wider text tower and shorter context.
+    """
+
+    name: str = "default"
+    seed: int = 0
+    train_items: int = 20000  # the zoo's train items (rendered once, sampled with replacement)
+    render_size: int = 64
+    # eval.py hands CLIP the generator's view: 32 px sources (resized from 64) and 32 px generated images
+    image_size: int = 32
+    patch_size: int = 8  # 4 x 4 patches: patch 4 cost 3x the step for little gain on a 600-step probe
+    embed_dim: int = 64
+    vision_width: int = 64
+    vision_layers: int = 2
+    text_width: int = 32
+    text_layers: int = 2
+    context_length: int = 20  # the longest grammar caption is 18 tokens with start and end
+    train_token_embedding: bool = False
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    # Per image, one extra caption with one attribute changed (colour, kind, size or the count):
+    # the in-batch negatives alone rarely differ from the positive by a single attribute.
+    hard_negatives: bool = True
+    noise_std: float = 0.03  # pixel noise (of [-1, 1] images), so generated images' artefacts matter less
+    val_items: int = 256  # the validation in clip.json (retrieval, zero-shot, CLIPScore)
+
+    def model_config(self) -> dict:
+        """open_clip's CLIP(**config) (the schema of open_clip/model_configs/*.json)."""
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {"image_size": self.image_size, "patch_size": self.patch_size, "width": self.vision_width,
+                           "layers": self.vision_layers, "head_width": 32},
+            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
+                         "heads": max(1, self.text_width // 32), "layers": self.text_layers},
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        """`clip-<name>-<12 hex digits of the recipe's hash>`: the cache directory's name."""
+        text = json.dumps({"build_version": CLIP_BUILD_VERSION, **self.to_dict()}, sort_keys=True)
+        return f"clip-{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+CLIP_RECIPES: dict[str, ClipRecipe] = {
+    "default": ClipRecipe(),
+    # Seconds to build, for tests of the wiring.
+    "smoke": ClipRecipe(name="smoke", train_items=64, embed_dim=32, vision_width=32, steps=3, batch_size=16,
+                        warmup_steps=1, val_items=16),
+}
+
+
+def get_clip_recipe(name: str) -> ClipRecipe:
+    if name not in CLIP_RECIPES:
+        raise ValueError(f"zoo CLIP recipe {name!r} is unknown; available: {sorted(CLIP_RECIPES)}")
+    return CLIP_RECIPES[name]
