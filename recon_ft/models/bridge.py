@@ -23,8 +23,10 @@ Among the V_G tokens with the same text, B picks the one whose boundary marks do
 the source token's, preferring whole-word forms; for wordpiece -> bpe that is the rule
 "dog" / "##dog" -> "dog</w>" if it exists, else "dog" (most BERT tokens are whole words, and a
 "##" piece usually ends its word); "Ġdog" / "▁dog" -> "dog</w>" the same way. Texts compare
-exactly, case included: CLIP's vocabulary is lower case, so a cased captioner's "ĠDog" is not
-matched but reaches "dog</w>" through the "pieces" fallback (CLIP's tokenizer lower-cases). Positions stay one-to-one with the captioner's positions.
+exactly, except that a cased captioner's (OPT, T5) are lower-cased first when the generator's
+tokenizer lower-cases its input, as CLIP's does: "ĠDog" -> "dog</w>". (CLIP's vocabulary has
+upper-case byte tokens such as "Z</w>", but its tokenizer never produces them, so their
+embeddings never trained: "▁Z" must go to "z</w>".) Positions stay one-to-one with the captioner's positions.
 
 Word-final or not. A token followed by a word continuation ("##board", "board" after "Ġskate"
 or "▁skate") does not end its word:
@@ -208,9 +210,11 @@ class VocabBridge(nn.Module):
         fallback: str = "pieces",
         dst_unk_id: int | None = None,
         dst_tokenize: Callable[[list[str]], list[list[int]]] | None = None,
+        lowercase: bool = False,
     ) -> "VocabBridge":
         """Build B from two token lists indexed by id (None marks an id with no token).
 
+        ``lowercase``: compare the V_C texts lower-cased (the generator's tokenizer lower-cases).
         ``dst_tokenize`` (for fallback="pieces") maps a list of texts to lists of V_G ids, without
         BOS/EOS; ``dst_unk_id`` is needed for fallback="unk". Special tokens of V_G are never
         targets (neither matched nor used as pieces).
@@ -257,6 +261,8 @@ class VocabBridge(nn.Module):
             parsed = parse_token(t, src_style, decoder)
             if not parsed.text:
                 continue  # no text: unmapped
+            if lowercase:
+                parsed = parsed._replace(text=parsed.text.lower())
             src_texts.add(parsed.text)
             continues[i] = parsed.starts_word is False and src_style in _START_MARKED and dst_style == "bpe"
             cands = by_text.get(parsed.text)
@@ -333,6 +339,7 @@ class VocabBridge(nn.Module):
             fallback=fallback,
             dst_unk_id=dst_tokenizer.unk_token_id,
             dst_tokenize=tokenize,
+            lowercase=tokenize(["Dog"]) == tokenize(["dog"]),  # CLIP's tokenizer lower-cases its input
         )
 
     # ------------------------------------------------------------------ using
