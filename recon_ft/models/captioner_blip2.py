@@ -143,6 +143,9 @@ class Blip2Captioner(Captioner):
             input_ids = self._encoder_ids(b, device)
             attention_mask = torch.ones_like(input_ids)
         kwargs = self._search_kwargs(num_beams, do_sample, top_p, repetition_penalty, num_return_sequences)
+        rows = self.model.get_output_embeddings().out_features
+        if rows > self.vocab_size:  # the embedding's padding rows are no tokens: never generate them
+            kwargs["suppress_tokens"] = list(range(self.vocab_size, rows))
         out = self.model.generate(
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
             eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
@@ -150,7 +153,8 @@ class Blip2Captioner(Captioner):
         )
         # decoder-only: out repeats the Q placeholders and the P prompt ids; T5: out starts with <pad>
         start = self.num_query_tokens + self.prompt_length if self.decoder_only else 1
-        return [c.strip() for c in self.tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)]
+        self.last_ids = out[:, start:]  # (B * n, T) the caption ids, for inspection and tests
+        return [c.strip() for c in self.tokenizer.batch_decode(self.last_ids, skip_special_tokens=True)]
 
 
 def _single_id(tokenizer, text: str) -> int:

@@ -79,7 +79,8 @@ class GitCaptioner(Captioner):
             pad_token_id=self.pad_token_id, **self.new_token_range(max_length, min_length), **kwargs,
             **generate_kwargs,
         )
-        return [c.strip() for c in self.tokenizer.batch_decode(out[:, self.prompt_length :], skip_special_tokens=True)]
+        self.last_ids = out[:, self.prompt_length :]  # (B * n, T) the caption ids, for inspection and tests
+        return [c.strip() for c in self.tokenizer.batch_decode(self.last_ids, skip_special_tokens=True)]
 
 
 def build_git(
