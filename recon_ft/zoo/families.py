@@ -89,8 +89,8 @@ class FamilyRecipe:
 _CAPTIONER = CaptionerRecipe(image_size=64, patch_size=8, hidden_size=64, num_layers=3, steps=1000, batch_size=32,
                              lr=3e-3, warmup_steps=50, negatives=512)
 # Default generator schedule: the VAE briefly, then the UNet and text encoder(s).
-_VAE = VaeRecipe(steps=150, batch_size=32, lr=2e-3)
-_UNET = UnetRecipe(steps=600, batch_size=32, lr=1e-3, warmup_steps=50)
+_VAE = VaeRecipe(steps=120, batch_size=32, lr=2e-3)
+_UNET = UnetRecipe(steps=400, batch_size=32, lr=1e-3, warmup_steps=50)
 
 # Seconds to build, for tests of the wiring (they learn nothing worth measuring).
 _SMOKE = dict(name="smoke", train_items=64, summary_items=4)
