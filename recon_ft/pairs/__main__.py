@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     for c in args.captioners:
         for g in args.generators:
             if (pair_dir(out, c, g) / "metrics.json").is_file():
-                pair_coverage(c, g, pair_dir(out, c, g) / "bridge.json", args.set)
+                try:
+                    pair_coverage(c, g, pair_dir(out, c, g) / "bridge.json", args.set)
+                except Exception as exc:  # noqa: BLE001 - the matrix is still worth writing; the table says "-"
+                    log.error("bridge coverage of %s x %s failed: %s", c, g, exc)
     rows = collect(args.captioners, args.generators, out)
     if not any(r["metrics"] for r in rows):
         log.error("no finished pair under %s: nothing to report", out)

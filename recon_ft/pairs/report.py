@@ -36,8 +36,7 @@ def heatmap(values: list[list], captioners: list[str], generators: list[str], ti
 
     data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(generators), 1.2 + 0.6 * len(captioners)))
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#cccccc")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#cccccc")
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(generators)), generators, rotation=20, ha="right")
     ax.set_yticks(range(len(captioners)), captioners)
