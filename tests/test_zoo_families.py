@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from recon_ft.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS
 from recon_ft.zoo import RECIPES
 from recon_ft.zoo.cache import ensure_family, zoo_part
 from recon_ft.zoo.families import FAMILIES, FAMILY_RECIPES, get_family_recipe
@@ -143,11 +144,16 @@ def test_captioner_pretraining_full_softmax_is_the_caption_loss():
     assert curve[0][0] == 0 and curve[0][1] == pytest.approx(float(expected), rel=1e-5)
 
 
-# One joint step (both cycles) from the loaded variants; together the pairs cover every new family.
+# One joint step (both cycles) from the loaded variants; together these pairs cover every new family
+# (BLIP x SD is the default run of test_zoo.py). The other pairs of the matrix run under -m slow
+# (about 20 s each here).
 TRAIN_PAIRS = [("zoo_git", "zoo_sdxl"), ("zoo_blip2_opt", "zoo_sd2"), ("zoo_blip2_t5", "zoo_sdxl")]
+OTHER_PAIRS = [(c, g) for c in ZOO_CAPTIONERS for g in ZOO_GENERATORS
+               if (c, g) not in TRAIN_PAIRS and (c, g) != ("zoo_blip", "zoo_sd")]
 
 
-@pytest.mark.parametrize("captioner, generator", TRAIN_PAIRS)
+@pytest.mark.parametrize("captioner, generator",
+                         TRAIN_PAIRS + [pytest.param(c, g, marks=pytest.mark.slow) for c, g in OTHER_PAIRS])
 def test_one_joint_training_step_from_the_zoo_variants(captioner, generator, built, tmp_path):
     from recon_ft.train import fit
 
