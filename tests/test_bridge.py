@@ -107,7 +107,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         VocabBridge.from_vocabs(SRC, DST, fallback="unk")  # no dst_unk_id
     with pytest.raises(ValueError):
-        VocabBridge.from_vocabs(SRC, DST, src_style="sentencepiece", fallback="drop")
+        VocabBridge.from_vocabs(SRC, DST, src_style="unigram", fallback="drop")
 
 
 def test_project_and_embed_hand_values():

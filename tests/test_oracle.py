@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recon_ft.data.oracle import ATTRIBUTES, read_objects, read_shape, radius, scene_match, validate_oracle
+from recon_ft.data.oracle import ATTRIBUTES, read_objects, read_shape, radius, resized, scene_match, validate_oracle
 from recon_ft.data.synthetic import BACKGROUND, COLOURS, Scene, Shape, colour_match, generate, shape_mask
 
 
@@ -85,3 +85,19 @@ def test_validation_at_32px_counts_what_the_oracle_gets_wrong():
 def test_validation_rejects_bad_arguments():
     with pytest.raises(ValueError, match="n >= 1"):
         validate_oracle("val", n=0)
+
+
+def test_resized_renderings_blend_edges_and_are_validated_as_such():
+    scene, pixels = generate(0, "val", 3, 64)
+    small = resized(pixels, 32)
+    assert small.shape == (32, 32, 3) and small.dtype == np.uint8
+    # a flat 2 x 2 block of one colour resizes to that colour; edges take in-between values
+    flat = np.zeros((64, 64, 3), dtype=np.uint8)
+    flat[:, :32] = (220, 30, 30)
+    out = resized(flat, 32)
+    assert (out[:, :15] == (220, 30, 30)).all() and (out[:, 17:] == 0).all()
+    assert 0 < out[0, 15:17, 0].min() < 220
+    result = validate_oracle("val", n=6, image_size=32, render_size=64)
+    assert result["render_size"] == 64 and result["image_size"] == 32
+    by_hand = [scene_match(resized(px, 32), sc)["colour"] for sc, px in (generate(0, "val", i, 64) for i in range(6))]
+    assert result["accuracy"]["colour"] == pytest.approx(sum(by_hand) / 6)

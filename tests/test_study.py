@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from recon_ft.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
 from recon_ft.study.plan import BASE, load_study, plan, run_dir
-from recon_ft.study.report import headline_metrics, write_report
+from recon_ft.study.report import headline_metrics, oracle_gate, write_report
 from recon_ft.study.runner import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +241,13 @@ def test_optuna_search_composes_and_train_returns_its_objective():
     OmegaConf.set_struct(cfg, False)
     cfg.optimized_metric = None
     assert objective(cfg, {"val/loss": 3.0}) is None
+
+
+def test_oracle_gate_keeps_attributes_validated_in_every_view_at_the_generator_size():
+    acc = dict.fromkeys(["count", "colour"], 1.0)
+    views = [{"image_size": 32, "render_size": 32, "validated": ["count", "colour", "size"], "accuracy": acc},
+             {"image_size": 32, "render_size": 64, "validated": ["count", "colour"], "accuracy": acc},
+             {"image_size": 64, "render_size": 64, "validated": ["count", "colour", "size", "kind"], "accuracy": acc}]
+    assert oracle_gate(views, 32) == {"validated": ["count", "colour"]}
+    assert oracle_gate(views, 64) == {"validated": ["count", "colour", "size", "kind"]}
+    assert oracle_gate(views, 16) is None and oracle_gate([], 32) is None

@@ -113,19 +113,36 @@ def scene_match(image: np.ndarray | Image.Image, scene: Scene) -> dict[str, floa
     )
 
 
-def validate_oracle(split: str = "test", n: int = 256, image_size: int = 32, seed: int = 0) -> dict:
+def resized(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(S, S, 3) uint8 -> (size, size, 3) uint8, resized as the zoo's generator sees its training
+    images (bilinear, antialiased: recon_ft.zoo.data.to_unit_range), so edges blend colours."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()  # (1, 3, S, S)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def validate_oracle(split: str = "test", n: int = 256, image_size: int = 32, seed: int = 0,
+                    render_size: int | None = None) -> dict:
     """The oracle's accuracy per attribute on the first `n` rendered ground-truth items of a split.
 
-    Returns {"split", "n", "image_size", "accuracy": {attribute: mean of scene_match},
+    `render_size`: render at this size and resize to `image_size` (what a generator trained on
+    resized renderings learns to draw, blended edges included); None: render at `image_size`.
+    Returns {"split", "n", "image_size", "render_size", "accuracy": {attribute: mean of scene_match},
     "validated": [attributes with accuracy >= VALIDATED_ACCURACY]}.
     """
     if n < 1 or image_size < 8:
         raise ValueError(f"validate_oracle: need n >= 1 and image_size >= 8, got {n} and {image_size}")
+    render_size = render_size or image_size
     totals = dict.fromkeys(ATTRIBUTES, 0.0)
     for i in range(n):
-        scene, pixels = generate(seed, split, i, image_size)
+        scene, pixels = generate(seed, split, i, render_size)
+        if render_size != image_size:
+            pixels = resized(pixels, image_size)
         for attr, value in scene_match(pixels, scene).items():
             totals[attr] += value
     accuracy = {attr: totals[attr] / n for attr in ATTRIBUTES}
-    return {"split": split, "n": n, "image_size": image_size, "accuracy": accuracy,
+    return {"split": split, "n": n, "image_size": image_size, "render_size": render_size, "accuracy": accuracy,
             "validated": [a for a in ATTRIBUTES if accuracy[a] >= VALIDATED_ACCURACY]}

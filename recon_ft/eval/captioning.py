@@ -73,13 +73,11 @@ def _generate(captioner, pixel_values, s: CaptionSettings, **kw) -> list[str]:
     if s.prompt is None or s.prompt == captioner.prompt:
         return captioner.generate(pixel_values, max_length=s.max_length, min_length=s.min_length, **kw)
     saved = captioner.prompt  # a prompt other than the training one, for this call only
-    captioner.prompt = s.prompt
-    captioner.prompt_length = len(captioner.tokenizer(s.prompt).input_ids) - 1
+    captioner.prompt = s.prompt  # the captioner recounts its prompt_length
     try:
         return captioner.generate(pixel_values, max_length=s.max_length, min_length=s.min_length, **kw)
     finally:
         captioner.prompt = saved
-        captioner.prompt_length = len(captioner.tokenizer(saved).input_ids) - 1
 
 
 def beam_captions(captioner, pixel_values: torch.Tensor, s: CaptionSettings) -> list[str]:

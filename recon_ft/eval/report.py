@@ -310,17 +310,23 @@ def write_html(metrics: dict[str, Any], out_dir: Path, grids: list[Path], info: 
     if grids[SUMMARY_GRIDS:]:
         sections.append(f"<h2>More samples</h2><p>{GRID_LEGEND}</p>")
         sections += [f"<p>{_img(p)}</p>" for p in grids[SUMMARY_GRIDS:]]
-    style = ("body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{max-width:100%}.row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start}"
-             "img.half{max-width:48%}.small{font-size:85%;color:#444}h3{margin:.4em 0}"
-             ".warning{background:#fde2e1;border:2px solid #c0392b;color:#7b241c;padding:.6em 1em;"
-             "font-weight:bold;margin:.5em 0}")
-    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>recon_ft evaluation</title><style>{style}" \
-           f"</style></head><body>{''.join(sections)}</body></html>\n"
     path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(html_page("recon_ft evaluation", sections), encoding="utf-8")
     return path
+
+
+STYLE = ("body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse;margin:.5em 0}"
+         "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+         "img{max-width:100%}.row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start}"
+         "img.half{max-width:48%}.small{font-size:85%;color:#444}h3{margin:.4em 0}"
+         ".warning{background:#fde2e1;border:2px solid #c0392b;color:#7b241c;padding:.6em 1em;"
+         "font-weight:bold;margin:.5em 0}")
+
+
+def html_page(title: str, sections: list[str]) -> str:
+    """A self-contained page of report.html's style (also the pairing study's report)."""
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}" \
+           f"</style></head><body>{''.join(sections)}</body></html>\n"
 
 
 # ------------------------------------------------------------------------------------ loggers

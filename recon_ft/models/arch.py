@@ -4,7 +4,9 @@
 `sd21_arch()` Stable Diffusion 2.1 (768 px, v-prediction, OpenCLIP ViT-H text encoder), `sdxl_base_arch()`
 SDXL base 1.0 (1024 px, two text encoders)
 and `blip_base_arch()` BLIP base captioning (ViT-B/16 at 384 px + BERT-base text decoder, 224M),
-their configs written out as in the released checkpoints' config files. The builders reach them as
+their configs written out as in the released checkpoints' config files; likewise the other
+captioner families: BLIP large, BLIP-2 with OPT-2.7b or Flan-T5-XL, GIT base and large. A test
+builds each on the meta device (no memory) and checks its configs' LoRA targets against it. The builders reach them as
 `build_stable_diffusion(arch="sd15")` and `build_blip(arch="blip_base")`, with the real tokenizers
 (recon_ft.models.tokenizers). Random weights make the losses meaningless but the cost exact: these
 are for measuring speed and memory, not for training.
@@ -53,6 +55,139 @@ def blip_base_arch():
         projection_dim=512,
         image_text_hidden_size=256,
     )
+
+
+def blip_large_arch():
+    """BlipConfig of Salesforce/blip-image-captioning-large: ViT-L/16 at 384 px, the same BERT-base
+    decoder cross-attending to 1024-wide image tokens."""
+    config = blip_base_arch()
+    v = config.vision_config
+    v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads = 1024, 4096, 24, 16
+    config.text_config.encoder_hidden_size = 1024
+    return config
+
+
+def _blip2_vision_qformer() -> dict:
+    """BLIP-2's EVA ViT-g/14 at 224 px (256 patches + CLS) and its Q-Former (BERT-base, cross-attention
+    to the image every second layer, 32 learned queries), shared by every released BLIP-2."""
+    return dict(
+        vision_config=dict(
+            hidden_size=1408,
+            intermediate_size=6144,
+            num_hidden_layers=39,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            hidden_act="gelu",
+            layer_norm_eps=1e-6,
+            qkv_bias=True,
+        ),
+        qformer_config=dict(
+            vocab_size=30522,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+            cross_attention_frequency=2,
+            encoder_hidden_size=1408,
+        ),
+        num_query_tokens=32,
+    )
+
+
+def blip2_opt_arch():
+    """Blip2Config of Salesforce/blip2-opt-2.7b (3.9B parameters): OPT-2.7b as the language model.
+
+    OPT's vocabulary is 50,265 BPE tokens + "<image>" (50265), padded to 50,272 rows; captions end
+    with "\n" (50118), the language model config's eos, as in LAVIS's training.
+    """
+    from transformers import Blip2Config
+
+    return Blip2Config(
+        **_blip2_vision_qformer(),
+        text_config=dict(
+            model_type="opt",
+            vocab_size=50272,
+            hidden_size=2560,
+            ffn_dim=10240,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            max_position_embeddings=2048,
+            word_embed_proj_dim=2560,
+            do_layer_norm_before=True,
+            activation_function="relu",
+            dropout=0.1,
+            attention_dropout=0.0,
+            bos_token_id=2,
+            eos_token_id=50118,
+            pad_token_id=1,
+        ),
+        image_token_index=50265,
+    )
+
+
+def blip2_flan_t5_arch():
+    """Blip2Config of Salesforce/blip2-flan-t5-xl (3.9B parameters): Flan-T5-XL's encoder-decoder.
+
+    T5's vocabulary is 32,100 SentencePiece tokens + "<image>" (32100), padded to 32,128 rows.
+    """
+    from transformers import Blip2Config
+
+    return Blip2Config(
+        **_blip2_vision_qformer(),
+        text_config=dict(
+            model_type="t5",
+            vocab_size=32128,
+            d_model=2048,
+            d_kv=64,
+            d_ff=5120,
+            num_layers=24,
+            num_decoder_layers=24,
+            num_heads=32,
+            feed_forward_proj="gated-gelu",
+            relative_attention_num_buckets=32,
+            dropout_rate=0.1,
+            tie_word_embeddings=False,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        ),
+        image_token_index=32100,
+    )
+
+
+def _git_config(vision: dict):
+    from transformers import GitConfig
+
+    # GIT's text side: a 6-layer BERT-base-sized decoder over BERT uncased's 30,522 tokens, the image
+    # tokens prefixed to the text ([CLS] 101 starts, [SEP] 102 ends a caption)
+    return GitConfig(
+        vision_config=dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=512, **vision),
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=1024,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        bos_token_id=101,
+        eos_token_id=102,
+        pad_token_id=0,
+    )
+
+
+def git_base_arch():
+    """GitConfig of microsoft/git-base-coco: CLIP ViT-B/16 at 224 px (197 image tokens)."""
+    return _git_config(dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            image_size=224, patch_size=16))
+
+
+def git_large_arch():
+    """GitConfig of microsoft/git-large-coco: CLIP ViT-L/14 at 224 px (257 image tokens)."""
+    return _git_config(dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=224, patch_size=14))
 
 
 def sd15_unet_config() -> dict:
@@ -303,7 +438,14 @@ def sdxl_base_arch() -> dict:
     )
 
 
-CAPTIONER_ARCHS = {"blip_base": blip_base_arch}
+CAPTIONER_ARCHS = {
+    "blip_base": blip_base_arch,
+    "blip_large": blip_large_arch,
+    "blip2_opt_2.7b": blip2_opt_arch,
+    "blip2_flan_t5_xl": blip2_flan_t5_arch,
+    "git_base": git_base_arch,
+    "git_large": git_large_arch,
+}
 # Stable Diffusion 1.x / 2.x (build_stable_diffusion) and SDXL (build_sdxl) take different parts.
 GENERATOR_ARCHS = {"sd15": sd15_arch, "sd21": sd21_arch, "sdxl_base": sdxl_base_arch}
 

@@ -14,18 +14,27 @@ tokenizer's word-boundary convention:
   token string is UTF-8 bytes written in GPT-2's byte-to-unicode alphabet, so it is decoded back
   to text first ("Ã©</w>" -> "é"). Tokens that are not whole UTF-8 sequences (a lone byte of a
   multi-byte character) have no text and never match.
+- "bytelevel" (GPT-2, OPT): the same byte alphabet, but a word's leading space is part of its
+  first token: "Ġdog" (decoded " dog") starts a word, "dog" continues one (or starts the text).
+- "sentencepiece" (T5): "▁dog" starts a word, "dog" continues one; a lone "▁" has no text.
+  (SentencePiece's byte-fallback pieces "<0x41>" are left unmapped.)
 
 Among the V_G tokens with the same text, B picks the one whose boundary marks do not contradict
 the source token's, preferring whole-word forms; for wordpiece -> bpe that is the rule
 "dog" / "##dog" -> "dog</w>" if it exists, else "dog" (most BERT tokens are whole words, and a
-"##" piece usually ends its word). Positions stay one-to-one with the captioner's positions.
+"##" piece usually ends its word); "Ġdog" / "▁dog" -> "dog</w>" the same way. Texts compare
+exactly, except that a cased captioner's (OPT, T5) are lower-cased first when the generator's
+tokenizer lower-cases its input, as CLIP's does: "ĠDog" -> "dog</w>". (CLIP's vocabulary has
+upper-case byte tokens such as "Z</w>", but its tokenizer never produces them, so their
+embeddings never trained: "▁Z" must go to "z</w>".) Positions stay one-to-one with the captioner's positions.
 
-Word-final or not. A WordPiece token followed by a "##" continuation does not end its word:
+Word-final or not. A token followed by a word continuation ("##board", "board" after "Ġskate"
+or "▁skate") does not end its word:
 "skate ##board" must become "skate board</w>", not "skate</w> board</w>" (CLIP's end-of-word
 marks tell its encoder where words end). So a matched row also has a non-final target, the V_G
 token of the same text without "</w>" where one exists ("skate"). The soft caption is a
 distribution per position, so whether the next token continues the word is not one fact but a
-probability: c_i = the mass that position i+1's distribution puts on "##" tokens (0 after the
+probability: c_i = the mass that position i+1's distribution puts on continuing tokens (0 after the
 caption's last token). Position i's embedding is split by it:
 
     e_i = (1 - c_i) p_i B W + c_i p_i B' W      (B': B with the non-final targets)
@@ -72,7 +81,10 @@ from torch import nn
 
 from recon_ft.models.tokenizers import bytes_to_unicode
 
-STYLES = ("wordpiece", "bpe")
+STYLES = ("wordpiece", "bpe", "bytelevel", "sentencepiece")
+# styles that mark where a word starts, so that a token says whether it continues the word before it
+_START_MARKED = ("wordpiece", "bytelevel", "sentencepiece")
+_SP_SPACE = "\u2581"  # SentencePiece's "▁"
 FALLBACKS = ("pieces", "unk", "drop")
 _UNUSED = re.compile(r"^\[unused\d+\]$")  # BERT's placeholder tokens
 
@@ -112,6 +124,17 @@ def parse_token(token: str | None, style: str, byte_decoder: dict[str, int] | No
         except (KeyError, UnicodeDecodeError):
             return _Token(None, None, ends)
         return _Token(_normalize(text), None, ends)
+    if style == "bytelevel":
+        byte_decoder = byte_decoder or _byte_decoder()
+        try:
+            text = bytes(byte_decoder[c] for c in token).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            return _Token(None, None, None)
+        starts = text.startswith(" ")
+        return _Token(_normalize(text[1:] if starts else text) or None, starts, None)
+    if style == "sentencepiece":
+        starts = token.startswith(_SP_SPACE)
+        return _Token(_normalize(token[1:] if starts else token) or None, starts, None)
     raise ValueError(f"unknown token style {style!r}; expected one of {STYLES}")
 
 
@@ -187,9 +210,11 @@ class VocabBridge(nn.Module):
         fallback: str = "pieces",
         dst_unk_id: int | None = None,
         dst_tokenize: Callable[[list[str]], list[list[int]]] | None = None,
+        lowercase: bool = False,
     ) -> "VocabBridge":
         """Build B from two token lists indexed by id (None marks an id with no token).
 
+        ``lowercase``: compare the V_C texts lower-cased (the generator's tokenizer lower-cases).
         ``dst_tokenize`` (for fallback="pieces") maps a list of texts to lists of V_G ids, without
         BOS/EOS; ``dst_unk_id`` is needed for fallback="unk". Special tokens of V_G are never
         targets (neither matched nor used as pieces).
@@ -236,8 +261,10 @@ class VocabBridge(nn.Module):
             parsed = parse_token(t, src_style, decoder)
             if not parsed.text:
                 continue  # no text: unmapped
+            if lowercase:
+                parsed = parsed._replace(text=parsed.text.lower())
             src_texts.add(parsed.text)
-            continues[i] = parsed.starts_word is False and src_style == "wordpiece" and dst_style == "bpe"
+            continues[i] = parsed.starts_word is False and src_style in _START_MARKED and dst_style == "bpe"
             cands = by_text.get(parsed.text)
             if cands:
                 matched[i] = True
@@ -312,6 +339,7 @@ class VocabBridge(nn.Module):
             fallback=fallback,
             dst_unk_id=dst_tokenizer.unk_token_id,
             dst_tokenize=tokenize,
+            lowercase=tokenize(["Dog"]) == tokenize(["dog"]),  # CLIP's tokenizer lower-cases its input
         )
 
     # ------------------------------------------------------------------ using
@@ -415,18 +443,26 @@ class VocabBridge(nn.Module):
 
 
 def detect_style(tokenizer) -> str:
-    """"wordpiece" or "bpe" (byte-level with "</w>"), from the backend model or the vocabulary."""
+    """The token convention (STYLES) of a tokenizer, from its backend model or its vocabulary.
+
+    "wordpiece" (BERT: "##" pieces), "bpe" (CLIP: "</w>" ends a word), "bytelevel" (GPT-2, OPT:
+    "Ġ" starts a word), "sentencepiece" (T5, unigram or BPE: "▁" starts a word).
+    """
     model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
     kind = type(model).__name__ if model is not None else None
     if kind == "WordPiece" and model.continuing_subword_prefix == "##":
         return "wordpiece"
     if kind == "BPE" and model.end_of_word_suffix == "</w>":
         return "bpe"
-    vocab = tokenizer.get_vocab()  # slow tokenizers: look at the strings
+    vocab = tokenizer.get_vocab()  # other backends and slow tokenizers: look at the strings
+    if kind == "Unigram" or sum(t.startswith(_SP_SPACE) for t in vocab) > len(vocab) // 10:
+        return "sentencepiece"
     if any(t.endswith("</w>") for t in vocab):
         return "bpe"
     if any(t.startswith("##") for t in vocab):
         return "wordpiece"
+    if sum(t.startswith("\u0120") for t in vocab) > len(vocab) // 10:  # "Ġ": GPT-2's space byte
+        return "bytelevel"
     raise ValueError(f"cannot tell the token convention of {type(tokenizer).__name__}")
 
 

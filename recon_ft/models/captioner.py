@@ -5,8 +5,13 @@ What the losses and the evaluation need from a captioner (and nothing else):
   - `tokenize(captions)`: prompt + caption ids, attention mask, labels (-100 on prompt and padding);
   - `logits(pixel_values, tokens)`: teacher-forced logits, position i predicting token i + 1;
   - `generate(pixel_values, ...)`: captions by beam search or nucleus sampling;
-  - `token_embedding`, `tokenizer`, `eos_token_id`: for the vocabulary bridge.
-Another captioner (BLIP-2, GIT) is another class with these members and a builder function.
+  - `token_embedding`, `tokenizer`, `eos_token_id`: for the vocabulary bridge (the logits' last
+    dimension is `len(tokenizer)`: one column per token the bridge knows);
+  - `new_token_range`, `configure_adapters`, `save_base`, `enable_gradient_checkpointing`;
+  - `prompt` (settable: the evaluation may caption with another prompt) and `prompt_length`.
+`Captioner` holds what every family shares (images, prompt, adapters, saving); each family is a
+subclass with a builder function: BLIP base / large here, BLIP-2 in captioner_blip2.py, GIT in
+captioner_git.py. Their Hydra configs are conf/captioner/*.yaml.
 """
 
 from __future__ import annotations
@@ -46,25 +51,40 @@ class CaptionTokens:
         return CaptionTokens(self.input_ids[rows], self.attention_mask[rows], self.labels[rows], self.prompt_length)
 
 
-class BlipCaptioner(nn.Module):
+class Captioner(nn.Module):
+    """What every captioner family shares: the differentiable image preprocessing, the prompt, the
+    generation length rule, adapters, saving and gradient checkpointing.
+
+    Subclasses set `bos_token_id`, `eos_token_id`, `pad_token_id` and implement `_prompt_length`,
+    `tokenize`, `logits`, `generate` and `token_embedding`.
+    """
+
     def __init__(self, model, processor, prompt: str = "a picture of ", max_length: int = 40):
         super().__init__()
-        self.model = model  # BlipForConditionalGeneration, LoRA layers injected when training adapters
+        self.model = model  # the transformers model, LoRA layers injected when training adapters
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.prompt = prompt
         self.max_length = max_length
         image_processor = processor.image_processor
-        self.image_size = int(image_processor.size["height"])
+        self.image_size = image_side(image_processor)
         self.register_buffer("mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False)
         self.peft_model = None  # set by `configure_adapters` in LoRA mode
-        text_config = model.config.text_config
-        self.bos_token_id = text_config.bos_token_id
-        self.eos_token_id = text_config.sep_token_id  # BLIP ends captions with [SEP]
-        self.pad_token_id = text_config.pad_token_id
-        # [DEC] + prompt, without the tokenizer's trailing [SEP].
-        self.prompt_length = len(self.tokenizer(prompt).input_ids) - 1
+        self._prompt = prompt
+
+    # -- prompt ---------------------------------------------------------------------------------
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    @prompt.setter
+    def prompt(self, value: str) -> None:
+        self._prompt = value
+        self.prompt_length = self._prompt_length(value)
+
+    def _prompt_length(self, prompt: str) -> int:
+        """P: the number of positions before the caption's first token in `tokenize`'s input_ids."""
+        raise NotImplementedError
 
     # -- images ---------------------------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -73,6 +93,98 @@ class BlipCaptioner(nn.Module):
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def new_token_range(self, max_length: int, min_length: int) -> dict[str, int]:
+        """BLIP's lengths (counted with the prompt positions) -> transformers' new-token bounds.
+
+        Explicit new-token bounds, not max_length / min_length: a checkpoint's generation_config
+        may set max_new_tokens, which would override a plain max_length.
+        """
+        p = self.prompt_length
+        if max_length <= p:
+            raise ValueError(f"caption.max_length={max_length} counts the prompt's {p} positions: "
+                             f"expected more than {p}")
+        return {"max_new_tokens": max_length - p, "min_new_tokens": max(min_length - p, 0)}
+
+    def _search_kwargs(self, num_beams, do_sample, top_p, repetition_penalty, num_return_sequences) -> dict:
+        kwargs = dict(repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences)
+        if do_sample:
+            kwargs.update(do_sample=True, top_p=top_p, top_k=0, num_beams=1)
+        else:
+            kwargs.update(do_sample=False, num_beams=max(num_beams, num_return_sequences))
+        return kwargs
+
+    # -- adapters and saving ----------------------------------------------------------------------
+    def configure_adapters(self, spec: AdapterSpec) -> None:
+        self.model.requires_grad_(False)
+        if spec.mode == "lora":
+            from peft import get_peft_model
+
+            self.peft_model = get_peft_model(self.model, spec.lora_config())
+            self.model = self.peft_model.get_base_model()  # same modules, LoRA layers injected
+        elif spec.mode == "full":
+            unfreeze_modules(self.model, spec.target_modules)
+
+    def save_base(self, directory: str | Path) -> None:
+        """The base model and processor, transformers format (call before adapters are added)."""
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint the transformer layers (in train mode only, as transformers does)."""
+        kwargs = {"use_reentrant": False, "context_fn": critic_checkpoint_context(self.model)}
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def image_side(image_processor) -> int:
+    """The square side the model sees: BLIP's size {height, width}, or a centre crop (CLIP's
+    processors: resize the shortest edge, crop to crop_size)."""
+    crop = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop:
+        return int(crop["height"])
+    size = image_processor.size
+    return int(size.get("height") or size["shortest_edge"])
+
+
+def finish_build(captioner: Captioner, pretrained, adapter, gradient_checkpointing, save_base_to) -> Captioner:
+    """The builders' common tail: save a random-init base (before adapters, so a run's adapters
+    always load back onto the exact base they were trained on), add adapters, checkpointing."""
+    if save_base_to and not pretrained and is_rank_zero():
+        captioner.save_base(save_base_to)
+    captioner.configure_adapters(AdapterSpec.coerce(adapter))
+    if gradient_checkpointing:
+        captioner.enable_gradient_checkpointing()
+    return captioner
+
+
+def init_random(model_class, config, init_seed: int):
+    """A model with random weights from `config`, the same for the same seed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed)
+        return model_class(config)
+
+
+class BlipCaptioner(Captioner):
+    """BLIP (BlipForConditionalGeneration): a ViT and a BERT text decoder that cross-attends to it.
+
+    input_ids are [DEC] prompt caption [SEP] [PAD]...; BLIP's WordPiece tokenizer drops spaces, so
+    the prompt and the caption are tokenized together.
+    """
+
+    def __init__(self, model, processor, prompt: str = "a picture of ", max_length: int = 40):
+        super().__init__(model, processor, prompt=prompt, max_length=max_length)
+        text_config = model.config.text_config
+        self.bos_token_id = text_config.bos_token_id
+        self.eos_token_id = text_config.sep_token_id  # BLIP ends captions with [SEP]
+        self.pad_token_id = text_config.pad_token_id
+        self.prompt = prompt
+
+    def _prompt_length(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt).input_ids) - 1  # [DEC] + prompt, without the trailing [SEP]
 
     # -- text -----------------------------------------------------------------------------------
     def tokenize(self, captions: list[str], device=None) -> CaptionTokens:
@@ -127,50 +239,13 @@ class BlipCaptioner(nn.Module):
         """
         b = pixel_values.shape[0]
         prompt = self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids.to(pixel_values.device)
-        kwargs = dict(**self.new_token_range(max_length, min_length), repetition_penalty=repetition_penalty)
-        if do_sample:
-            kwargs.update(do_sample=True, top_p=top_p, top_k=0, num_beams=1)
-        else:
-            kwargs.update(do_sample=False, num_beams=max(num_beams, num_return_sequences))
+        kwargs = self._search_kwargs(num_beams, do_sample, top_p, repetition_penalty, num_return_sequences)
         out = self.model.generate(
-            pixel_values=pixel_values, input_ids=prompt, num_return_sequences=num_return_sequences, **kwargs,
+            pixel_values=pixel_values, input_ids=prompt, **self.new_token_range(max_length, min_length), **kwargs,
             **generate_kwargs,
         )
         # generate() drops the prompt's trailing [SEP]: the caption starts at prompt_length.
         return [c.strip() for c in self.tokenizer.batch_decode(out[:, self.prompt_length :], skip_special_tokens=True)]
-
-    def new_token_range(self, max_length: int, min_length: int) -> dict[str, int]:
-        """BLIP's lengths (counted with [DEC] and the prompt) -> transformers' new-token bounds.
-
-        Explicit new-token bounds, not max_length / min_length: a checkpoint's generation_config
-        may set max_new_tokens, which would override a plain max_length.
-        """
-        p = self.prompt_length
-        if max_length <= p:
-            raise ValueError(f"caption.max_length={max_length} counts [DEC] and the prompt ({p} tokens): "
-                             f"expected more than {p}")
-        return {"max_new_tokens": max_length - p, "min_new_tokens": max(min_length - p, 0)}
-
-    # -- adapters and saving ----------------------------------------------------------------------
-    def configure_adapters(self, spec: AdapterSpec) -> None:
-        self.model.requires_grad_(False)
-        if spec.mode == "lora":
-            from peft import get_peft_model
-
-            self.peft_model = get_peft_model(self.model, spec.lora_config())
-            self.model = self.peft_model.get_base_model()  # same modules, LoRA layers injected
-        elif spec.mode == "full":
-            unfreeze_modules(self.model, spec.target_modules)
-
-    def save_base(self, directory: str | Path) -> None:
-        """The base model and processor, transformers format (call before adapters are added)."""
-        self.model.save_pretrained(directory)
-        self.processor.save_pretrained(directory)
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Checkpoint the ViT and text decoder layers (in train mode only, as transformers does)."""
-        kwargs = {"use_reentrant": False, "context_fn": critic_checkpoint_context(self.model)}
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_blip(
@@ -186,7 +261,8 @@ def build_blip(
     attention: str = "sdpa",
 ) -> BlipCaptioner:
     """BLIP captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
-    or a real architecture with random weights (`arch`, see recon_ft.models.arch: "blip_base").
+    or a real architecture with random weights (`arch`, see recon_ft.models.arch: "blip_base",
+    "blip_large").
 
     A randomly initialized model is written to `save_base_to` (before adapters are added), so a run's
     adapters can always be loaded back onto the exact base they were trained on. `attention`: the
@@ -205,9 +281,7 @@ def build_blip(
         if arch and tiny:
             raise ValueError("captioner: give `arch` or `tiny`, not both")
         config = captioner_arch(arch) if arch else tiny_blip_config(**(tiny or {}))
-        with torch.random.fork_rng():
-            torch.manual_seed(init_seed)
-            model = BlipForConditionalGeneration(config)
+        model = init_random(BlipForConditionalGeneration, config, init_seed)
         size = config.vision_config.image_size
         image_processor = BlipImageProcessor(
             size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
@@ -215,10 +289,5 @@ def build_blip(
         processor = BlipProcessor(image_processor=image_processor, tokenizer=blip_tokenizer())
     set_blip_attention(model, attention)
     captioner = BlipCaptioner(model, processor, prompt=prompt, max_length=max_length)
-    if save_base_to and not pretrained and is_rank_zero():
-        captioner.save_base(save_base_to)
-    captioner.configure_adapters(AdapterSpec.coerce(adapter))
-    if gradient_checkpointing:
-        captioner.enable_gradient_checkpointing()
-    return captioner
+    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
 

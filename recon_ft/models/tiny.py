@@ -36,6 +36,72 @@ def tiny_blip_config(image_size: int = 32, patch_size: int = 8, hidden_size: int
     )
 
 
+def _tiny_vision(image_size: int, patch_size: int, hidden_size: int, num_layers: int) -> dict:
+    return dict(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
+def tiny_blip2_config(
+    language_model: str = "opt",
+    vocab_size: int = 608,
+    image_token_index: int = 600,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_query_tokens: int = 4,
+):
+    """BLIP-2 at hidden size 32, no dropout (as the tiny BLIP): ViT, Q-Former (cross-attention in every layer) and an OPT
+    ("opt", decoder-only) or T5 ("t5", encoder-decoder) language model. Special ids as OPT's and
+    T5's (recon_ft.models.trained_tokenizers); `vocab_size` may exceed the tokenizer's, as the
+    released models pad their embedding matrices."""
+    from transformers import Blip2Config
+
+    h = hidden_size
+    if language_model == "opt":
+        text = dict(model_type="opt", vocab_size=vocab_size, hidden_size=h, ffn_dim=2 * h, num_hidden_layers=num_layers,
+                    num_attention_heads=2, max_position_embeddings=128, word_embed_proj_dim=h, dropout=0.0,
+                    bos_token_id=2, eos_token_id=2, pad_token_id=1)
+    elif language_model == "t5":
+        text = dict(model_type="t5", vocab_size=vocab_size, d_model=h, d_kv=h // 2, d_ff=2 * h, num_layers=num_layers,
+                    num_decoder_layers=num_layers, num_heads=2, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    else:
+        raise ValueError(f"captioner.tiny.language_model: expected opt or t5, got {language_model!r}")
+    return Blip2Config(
+        vision_config=_tiny_vision(image_size, patch_size, h, num_layers),
+        qformer_config=dict(hidden_size=h, num_hidden_layers=num_layers, num_attention_heads=2,
+                            intermediate_size=2 * h, cross_attention_frequency=1, encoder_hidden_size=h,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        text_config=text,
+        num_query_tokens=num_query_tokens,
+        image_token_index=image_token_index,
+    )
+
+
+def tiny_git_config(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 2):
+    """GIT at hidden size 32 over BERT uncased's 30,522 tokens (the real GIT tokenizer)."""
+    from transformers import GitConfig
+
+    return GitConfig(
+        vision_config=_tiny_vision(image_size, patch_size, hidden_size, num_layers),
+        vocab_size=30522,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
 def tiny_sd_components(sample_size: int = 32, cross_attention_dim: int = 32, prediction_type: str = "epsilon"):
     """Random-init Stable Diffusion parts: VAE (factor-2 downsampling), UNet, CLIP text encoder, schedulers.
 

@@ -55,6 +55,13 @@ def _bert_vocab() -> tuple[str, ...]:
     return tuple(bert_vocab_path().read_text(encoding="utf-8").splitlines())
 
 
+def bert_tokenizer() -> BertTokenizer:
+    """BERT base uncased WordPiece (30,522 tokens): GIT's tokenizer ([CLS] 101 starts a caption,
+    [SEP] 102 ends it, [PAD] 0). A fresh object each call."""
+    vocab = {tok: i for i, tok in enumerate(_bert_vocab())}
+    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
+
+
 def blip_tokenizer() -> BertTokenizer:
     """BLIP's tokenizer: BERT uncased + bos "[DEC]" (30522) + extra special "[ENC]" (30523).
 
@@ -62,8 +69,7 @@ def blip_tokenizer() -> BertTokenizer:
     ``{"additional_special_tokens": ["[ENC]"]}``), so ids agree with released checkpoints.
     A fresh object each call (callers may add tokens); construction takes ~30 ms.
     """
-    vocab = {tok: i for i, tok in enumerate(_bert_vocab())}
-    tok = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
+    tok = bert_tokenizer()
     tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     assert len(tok) == BLIP_VOCAB_SIZE and tok.bos_token_id == BLIP_DEC_ID
     return tok

@@ -26,9 +26,12 @@ log = logging.getLogger("recon_ft.study")
 
 
 def oracle_validation(cfg) -> list[dict]:
-    """The oracle on rendered val and test items at the generator's resolution and at the benchmark's 64 px."""
-    sizes = sorted({int(cfg.oracle.image_size), 64})
-    return [validate_oracle(split, int(cfg.oracle.n), size) for size in sizes for split in ("val", "test")]
+    """The oracle on rendered val and test items: drawn at the generator's resolution, drawn at the
+    benchmark's 64 px and resized to it (the generator's training images), and at 64 px."""
+    size, n = int(cfg.oracle.image_size), int(cfg.oracle.n)
+    views = [(size, size), (64, size), (64, 64)] if size != 64 else [(64, 64)]
+    return [validate_oracle(split, n, image_size, render_size=render)
+            for render, image_size in views for split in ("val", "test")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ weights on the built-in shapes benchmark, playing the part of the real pretraine
 name them, building the zoo on first use.
 
     python -m recon_ft.zoo                 # build (or find) the default zoo, print its summary
+    python -m recon_ft.zoo --family all    # the other families' variants (recon_ft.zoo.families)
 """
 
 from recon_ft.zoo.cache import ensure_zoo, zoo_part

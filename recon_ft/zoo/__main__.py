@@ -3,6 +3,10 @@
 Without --out the zoo goes to the cache that `${zoo:...}` reads (a second call finds it there), and
 its CLIP (the synthetic benchmark's metric extractor, metrics=zoo) into its own cache directory;
 with --out, the CLIP goes to DIR/clip.
+
+python -m recon_ft.zoo --family blip2_opt [git ...] | all [--recipe default|smoke] [--out DIR]: build
+(or find) the other families' variants instead (recon_ft.zoo.families), one after the other, each on
+one thread, into the cache that `${zoo:<family>}` reads (or DIR/<family>).
 """
 
 from __future__ import annotations
@@ -20,15 +24,20 @@ def main(argv=None) -> None:
     from recon_ft.zoo.cache import build_clip_once, ensure_clip, ensure_zoo, load_record
     from recon_ft.zoo.clip_check import report as clip_report
     from recon_ft.zoo.competence import report
+    from recon_ft.zoo.families import FAMILIES
     from recon_ft.zoo.recipe import RECIPES, get_clip_recipe, get_recipe
 
     parser = argparse.ArgumentParser(prog="python -m recon_ft.zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     parser.add_argument("--out", help="build into this directory instead of the cache (always rebuilds)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--family", nargs="+", metavar="FAMILY",
+                        help=f"build these family variants instead: {' '.join(sorted(FAMILIES))}, or all")
     parser.add_argument("--resummarize", action="store_true",
                         help="measure the competence summary of the built zoo again (after the scorers changed)")
     args = parser.parse_args(argv)
+    if args.family:
+        return build_families(parser, args)
     if args.threads:
         import torch
 
@@ -49,6 +58,28 @@ def main(argv=None) -> None:
     print(report(record["competence"]))
     print(f"CLIP: {clip} (built in {clip_record['seconds']['total']} s)")
     print(f"  {clip_report(clip_record['validation'])}")
+
+
+def build_families(parser, args) -> None:
+    """--family: each named variant (its recipe of --recipe's name) built or found, its summary printed."""
+    from recon_ft.zoo.cache import ensure_family
+    from recon_ft.zoo.families import FAMILIES, get_family_recipe
+    from recon_ft.zoo.family_build import build_family, report
+
+    families = sorted(FAMILIES) if args.family == ["all"] else args.family
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        parser.error(f"--family: {unknown} unknown; expected some of {sorted(FAMILIES)} or all")
+    for family in families:
+        recipe = get_family_recipe(family, args.recipe)
+        if args.out:
+            record = build_family(recipe, Path(args.out) / family)
+            directory = Path(args.out) / family
+        else:
+            directory = ensure_family(family, args.recipe)
+            record = json.loads((directory / "family.json").read_text())
+        print(f"{family}: {directory / recipe.part}")
+        print(report(record), flush=True)
 
 
 if __name__ == "__main__":

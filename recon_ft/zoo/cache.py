@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from recon_ft.zoo.families import FamilyRecipe, get_family_recipe
 from recon_ft.zoo.recipe import CLIP_RECIPES, ClipRecipe, ZooRecipe, get_clip_recipe, get_recipe
 
 # Rough build times on 2 CPU cores, said before a first-use build starts.
@@ -69,12 +70,49 @@ def ensure_zoo(name: str | None = None) -> Path:
 
 
 def zoo_part(part: str, name: str | None = None) -> str:
-    """Path of a zoo model: part "captioner", "generator" or "clip". The Hydra resolver `${zoo:part}`."""
+    """Path of a zoo model: part "captioner", "generator", "clip" or a family of
+    recon_ft.zoo.families (blip2_opt, blip2_t5, git, sd2, sdxl). The Hydra resolver `${zoo:part}`."""
+    from recon_ft.zoo.families import FAMILIES
+
     if part == "clip":
         return str(ensure_clip(name))
+    if part in FAMILIES:
+        recipe = get_family_recipe(part, recipe_name(name))
+        return str(ensure_family(part, name) / recipe.part)
     if part not in ("captioner", "generator"):
-        raise ValueError(f"zoo: unknown part {part!r}; expected captioner, generator or clip")
+        raise ValueError(f"zoo: unknown part {part!r}; expected captioner, generator, clip or one of the "
+                         f"families {sorted(FAMILIES)}")
     return str(ensure_zoo(name) / part)
+
+
+# Rough build times of the family variants on one core, said before a first-use build starts.
+FAMILY_MINUTES = {"default": 5, "smoke": 0.1}
+
+
+def family_dir(recipe: FamilyRecipe) -> Path:
+    """A family variant's directory: its own key (<family>-<recipe>-<hash>) next to the zoos."""
+    return cache_root() / "zoo" / recipe.key
+
+
+def ensure_family(family: str, name: str | None = None) -> Path:
+    """The directory of the zoo's `family` variant of recipe `name` (default: $RECON_FT_ZOO, else
+    "default"), built first if it is absent; concurrent callers wait for one build."""
+    recipe = get_family_recipe(family, recipe_name(name))
+    directory = family_dir(recipe)
+    if (directory / "family.json").is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f"{recipe.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (directory / "family.json").is_file():
+            from recon_ft.zoo.family_build import build_family, report
+
+            minutes = FAMILY_MINUTES.get(recipe.name)
+            print(f"Building the zoo's {family} variant '{recipe.name}' into {directory} (first use only"
+                  + (f"; about {minutes:g} minutes on one CPU core" if minutes else "") + ") ...",
+                  file=sys.stderr, flush=True)
+            print(report(build_family(recipe, directory)), file=sys.stderr, flush=True)
+    return directory
 
 
 def build_clip_once(recipe: ClipRecipe, directory: Path, data=None) -> Path:

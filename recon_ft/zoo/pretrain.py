@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recon_ft.data.synthetic import COLOURS, KINDS, SIZES
-from recon_ft.losses import add_noise
+from recon_ft.losses import add_noise, diffusion_target
 from recon_ft.zoo.data import RenderedSplit, to_unit_range
 from recon_ft.zoo.recipe import CaptionerRecipe, UnetRecipe, VaeRecipe
 
@@ -76,10 +76,12 @@ def latent_moments(vae, data: RenderedSplit, size: int, chunk: int = 500) -> tor
 
 
 def train_unet(generator, data: RenderedSplit, moments: torch.Tensor, r: UnetRecipe, rng: torch.Generator) -> Curve:
-    """diffusers' text-to-image loss (epsilon target, uniform t) with full weights; a share of the
-    captions is emptied so that classifier-free guidance has an unconditional model."""
-    unet, text_encoder = generator.unet, generator.text_encoder
-    trained = [unet] + ([text_encoder] if r.train_text_encoder else [])
+    """diffusers' text-to-image loss (uniform t; the generator's prediction type decides the target:
+    epsilon, or v for SD 2.x) with full weights; a share of the captions is emptied so that
+    classifier-free guidance has an unconditional model. Through the generator interface: SDXL's
+    conditioning (two text encoders, pooled embedding, size ids) is its own `encode_text`'s."""
+    unet = generator.unet
+    trained = [unet] + (list(generator.text_encoders()) if r.train_text_encoder else [])
     for module in trained:
         module.requires_grad_(True).train()
     params = [p for m in trained for p in m.parameters()]
@@ -95,8 +97,9 @@ def train_unet(generator, data: RenderedSplit, moments: torch.Tensor, r: UnetRec
         noise = torch.randn(z0.shape, generator=rng)
         t = torch.randint(generator.num_train_timesteps, (r.batch_size,), generator=rng)
         zt = add_noise(z0, noise, alphas[t])
-        cond = generator.encode_text(generator.tokenize(texts))  # (B, 77, D)
-        return F.mse_loss(generator.denoise(zt, t, cond), noise)
+        cond = generator.encode_text(generator.tokenize(texts))  # (B, 77, D); SDXL: an SDXLCond
+        target = diffusion_target(z0, noise, alphas[t], generator.prediction_type)  # noise, or v
+        return F.mse_loss(generator.denoise(zt, t, cond), target)
 
     curve = _loop("zoo: UNet", r.steps, params, optimizer, scheduler, step_loss)
     for module in trained:
@@ -112,38 +115,77 @@ def grammar_token_ids(tokenizer) -> torch.Tensor:
 
 
 def train_captioner(captioner, data: RenderedSplit, r: CaptionerRecipe, rng: torch.Generator) -> Curve:
-    """Teacher-forced caption cross-entropy with full weights, as a sampled softmax.
+    """Teacher-forced caption cross-entropy with full weights.
 
-    The LM head scores the grammar's tokens plus `negatives` ids drawn uniformly each step, not all
-    30,524: the full head is about 90% of a CPU step here. Every id is drawn as a negative about
-    steps x negatives / 30,524 times (80 with the default recipe), which keeps the unused ids'
-    logits low; the build's summary checks the result with the full vocabulary (beam search).
+    Captioners with a large vocabulary (BLIP, GIT: BERT's 30,522 WordPieces) train with a sampled
+    softmax: the LM head scores the grammar's tokens plus `negatives` ids drawn uniformly each step,
+    not the whole vocabulary (the full head is about 90% of a CPU step here). Every id is drawn as a
+    negative about steps x negatives / 30,524 times (80 with the default recipe), which keeps the
+    unused ids' logits low; the build's summary checks the result with the full vocabulary (beam
+    search). Small vocabularies (the offline OPT / T5 tokenizers of the BLIP-2 variants, a few
+    hundred tokens) take the full softmax through the captioner interface's `logits`.
     """
     model = captioner.model
     model.requires_grad_(True).train()
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=1e-2, betas=(0.9, 0.98))
     scheduler = warmup_cosine(optimizer, r.warmup_steps, r.steps)
-    grammar = grammar_token_ids(captioner.tokenizer)
-    head = model.text_decoder.cls.predictions
-    vocab_size = head.decoder.weight.shape[0]
+    head = lm_head(captioner)
 
-    def step_loss():
-        x, texts, _ = data.batch(rng, r.batch_size, canonical=r.canonical_captions)
-        tokens = captioner.tokenize(texts)
-        image = model.vision_model(pixel_values=captioner.preprocess(x)).last_hidden_state
-        hidden = model.text_decoder.bert(
-            tokens.input_ids, attention_mask=tokens.attention_mask, encoder_hidden_states=image, is_decoder=True
-        ).last_hidden_state  # (B, L, H); position i predicts token i + 1
-        labels = tokens.labels[:, 1:]
-        keep = labels != -100
-        hidden = head.transform(hidden[:, :-1][keep])  # (N, H): the caption positions only
-        target = labels[keep]  # (N,)
-        negatives = torch.randint(vocab_size, (r.negatives,), generator=rng)
-        candidates = torch.unique(torch.cat([grammar, target, negatives]))  # sorted, (K,)
-        logits = hidden @ head.decoder.weight[candidates].T + head.decoder.bias[candidates]  # (N, K)
-        return F.cross_entropy(logits, torch.searchsorted(candidates, target))
+    if head is None:
+        def step_loss():
+            x, texts, _ = data.batch(rng, r.batch_size, canonical=r.canonical_captions)
+            tokens = captioner.tokenize(texts)
+            logits = captioner.logits(captioner.preprocess(x), tokens)  # (B, L, V); i predicts i + 1
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens.labels[:, 1:].flatten(), ignore_index=-100)
+    else:
+        grammar = grammar_token_ids(captioner.tokenizer)
+        transform, weight, bias = head
+        vocab_size = weight.shape[0]
+
+        def step_loss():
+            x, texts, _ = data.batch(rng, r.batch_size, canonical=r.canonical_captions)
+            tokens = captioner.tokenize(texts)
+            hidden = text_hidden(captioner, captioner.preprocess(x), tokens)  # (B, L, H); i predicts i + 1
+            labels = tokens.labels[:, 1:]
+            keep = labels != -100
+            hidden = transform(hidden[:, :-1][keep])  # (N, H): the caption positions only
+            target = labels[keep]  # (N,)
+            negatives = torch.randint(vocab_size, (r.negatives,), generator=rng)
+            candidates = torch.unique(torch.cat([grammar, target, negatives]))  # sorted, (K,)
+            logits = hidden @ weight[candidates].T + bias[candidates]  # (N, K)
+            return F.cross_entropy(logits, torch.searchsorted(candidates, target))
 
     curve = _loop("zoo: captioner", r.steps, params, optimizer, scheduler, step_loss)
     model.requires_grad_(False).eval()
     return curve
+
+
+def lm_head(captioner):
+    """(transform, weight (V, H), bias (V,)) of a captioner whose head the sampled softmax can
+    split from its last hidden state (BLIP, GIT), else None (full logits)."""
+    from recon_ft.models.captioner import BlipCaptioner
+    from recon_ft.models.captioner_git import GitCaptioner
+
+    if isinstance(captioner, BlipCaptioner):
+        head = captioner.model.text_decoder.cls.predictions
+        return head.transform, head.decoder.weight, head.decoder.bias
+    if isinstance(captioner, GitCaptioner):
+        output = captioner.model.output  # nn.Linear(H, V) straight on the last hidden state
+        return (lambda h: h), output.weight, output.bias
+    return None
+
+
+def text_hidden(captioner, pixel_values: torch.Tensor, tokens) -> torch.Tensor:
+    """The last hidden state (B, L, H) at the text positions, before the LM head."""
+    from recon_ft.models.captioner import BlipCaptioner
+
+    model = captioner.model
+    if isinstance(captioner, BlipCaptioner):
+        image = model.vision_model(pixel_values=pixel_values).last_hidden_state
+        return model.text_decoder.bert(
+            tokens.input_ids, attention_mask=tokens.attention_mask, encoder_hidden_states=image, is_decoder=True
+        ).last_hidden_state
+    # GIT: one transformer over [N image tokens; L text tokens]
+    out = model.git(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixel_values)
+    return out.last_hidden_state[:, captioner.num_image_tokens :]

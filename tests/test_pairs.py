@@ -1,0 +1,155 @@
+"""The pairing study: planning and resuming, bridge coverage and one evaluation item for every zoo
+pair, and the matrix report written from fabricated metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from recon_ft.pairs.collect import collect, matrix
+from recon_ft.pairs.coverage import bridge_coverage, pair_coverage
+from recon_ft.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS, check_names, check_settings, pair_dir, plan
+from recon_ft.pairs.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO_PAIRS = [(c, g) for c in ZOO_CAPTIONERS for g in ZOO_GENERATORS]
+# One item, two candidates, two diffusion steps, random extractors: the plumbing of every pair.
+TINY_EVAL = ["limit=1", "analysis.k=2", "generation.num_inference_steps=2", "metrics=tiny", "metrics.meteor=false",
+             "report.grid_items=1", "num_threads=1"]
+
+
+def test_plan_commands_and_resume(tmp_path):
+    chains = plan(["zoo_blip", "zoo_git"], ["zoo_sd", "zoo_sdxl"], tmp_path, ["split=test", "limit=4"],
+                  python="py", threads=2)
+    assert [c.config for c in chains] == ["zoo_blip__zoo_sd", "zoo_blip__zoo_sdxl", "zoo_git__zoo_sd",
+                                          "zoo_git__zoo_sdxl"]
+    assert chains[3].steps[0].command == (
+        "py", "eval.py", "captioner=zoo_git", "generator=zoo_sdxl", "split=test", "limit=4", "num_threads=2",
+        f"hydra.run.dir={tmp_path / 'runs' / 'zoo_git__zoo_sdxl'}")
+    # a pair whose metrics.json exists is done: planned again, it has nothing left to run
+    (pair_dir(tmp_path, "zoo_blip", "zoo_sdxl")).mkdir(parents=True)
+    (pair_dir(tmp_path, "zoo_blip", "zoo_sdxl") / "metrics.json").write_text("{}")
+    again = plan(["zoo_blip", "zoo_git"], ["zoo_sd", "zoo_sdxl"], tmp_path, ["split=test", "limit=4"])
+    assert [len(c.todo) for c in again] == [1, 0, 1, 1]
+
+
+def test_settings_of_a_resumed_study_must_match(tmp_path):
+    check_settings(tmp_path, ["split=test", "limit=4"])
+    check_settings(tmp_path, ["split=test", "limit=4"])  # the same: fine
+    with pytest.raises(ValueError, match=r"used the eval overrides \['split=test', 'limit=4'\]"):
+        check_settings(tmp_path, ["split=val"])
+
+
+def test_unknown_config_names_are_named():
+    check_names("captioner", list(ZOO_CAPTIONERS))
+    check_names("generator", list(ZOO_GENERATORS))
+    with pytest.raises(ValueError, match=r"--generators: \['sd9'\] not in conf/generator/"):
+        check_names("generator", ["zoo_sd", "sd9"])
+
+
+def test_bridge_coverage_of_every_zoo_pair(tmp_path):
+    from recon_ft.models.bridge import VocabBridge
+    from recon_ft.models.tokenizers import blip_tokenizer, clip_tokenizer
+
+    coverage = {(c, g): pair_coverage(c, g, tmp_path / f"{c}__{g}.json") for c, g in ZOO_PAIRS}
+    styles = {c: coverage[(c, "zoo_sd")]["captioner_style"] for c in ZOO_CAPTIONERS}
+    assert styles == {"zoo_blip": "wordpiece", "zoo_blip2_opt": "bytelevel", "zoo_blip2_t5": "sentencepiece",
+                      "zoo_git": "wordpiece"}
+    assert {cov["generator_style"] for cov in coverage.values()} == {"bpe"}
+    # the zoo's BLIP -> SD pair is the real BLIP -> CLIP bridge
+    direct = VocabBridge.from_tokenizers(blip_tokenizer(), clip_tokenizer()).coverage()
+    assert coverage[("zoo_blip", "zoo_sd")]["n_matched"] == direct["n_matched"]
+    for c in ZOO_CAPTIONERS:
+        # SD 2.x and SDXL's first tokenizer are CLIP's vocabulary too: the same coverage
+        assert coverage[(c, "zoo_sd2")]["n_matched"] == coverage[(c, "zoo_sdxl")]["n_matched"] \
+            == coverage[(c, "zoo_sd")]["n_matched"]
+        cov = coverage[(c, "zoo_sd")]
+        assert cov["matched"] + cov["fallback"] + cov["unmapped"] == pytest.approx(1.0)
+        assert 0.3 < cov["matched"] <= 1.0
+    # kept in bridge.json: read back, not recomputed
+    assert json.loads((tmp_path / "zoo_git__zoo_sdxl.json").read_text()) == coverage[("zoo_git", "zoo_sdxl")]
+
+
+@pytest.mark.parametrize("captioner, generator", ZOO_PAIRS)
+def test_one_evaluation_item_of_every_zoo_pair(captioner, generator, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from recon_ft.eval.pipeline import evaluate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"out_dir={tmp_path}", f"captioner={captioner}", f"generator={generator}",
+                                         *TINY_EVAL])
+    metrics = evaluate(cfg)
+    assert metrics["data/items"] == 1.0
+    for key in ("i2t2i/clip_i_best", "i2t2i/best/CIDEr", "t2i2t/sbert_best", "t2i2t/clip_score_best"):
+        assert metrics[key] is not None, key
+
+
+def _fake_metrics(value: float) -> dict:
+    return {"i2t2i/clip_i_best": value, "i2t2i/best/CIDEr": 2 * value, "t2i2t/clip_text_best": value / 2,
+            "t2i2t/clip_score_best": 10 * value, "caption/CIDEr": 1.0, "data/items": 32.0,
+            "extractors/clip": "zoo CLIP", "extractors/random": False}
+
+
+def test_report_from_fabricated_metrics(tmp_path):
+    captioners, generators = ["cap_a", "cap_b"], ["gen_x", "gen_y"]
+    values = {("cap_a", "gen_x"): 0.5, ("cap_a", "gen_y"): 0.25, ("cap_b", "gen_x"): 0.75}  # (cap_b, gen_y) missing
+    for (c, g), v in values.items():
+        where = pair_dir(tmp_path / "out", c, g)
+        where.mkdir(parents=True)
+        (where / "metrics.json").write_text(json.dumps(_fake_metrics(v)))
+        (where / "wall.json").write_text(json.dumps({"seconds": 100 * v, "threads": 1}))
+        (where / "bridge.json").write_text(json.dumps({"captioner_style": "wordpiece", "generator_style": "bpe",
+                                                       "src_size": 100, "matched": v, "fallback": 0.1,
+                                                       "unmapped": 0.9 - v}))
+    rows = collect(captioners, generators, tmp_path / "out")
+    assert matrix(rows, captioners, generators, ("t2i2t/sbert_best", "t2i2t/clip_text_best")) == [[0.25, 0.125],
+                                                                                                   [0.375, None]]
+    machine = {"cpu": "test cpu", "cpu_count": 2, "python": "3.11", "versions": {"torch": "x"}, "commit": "abc123",
+               "date": "2026-01-01"}
+    md = write_report(command="python -m recon_ft.pairs --captioners cap_a cap_b", overrides=["split=test"],
+                      machine=machine, rows=rows, captioners=captioners, generators=generators,
+                      out_dir=tmp_path / "out", docs=tmp_path / "docs")
+    with open(tmp_path / "docs" / "pairs" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["captioner"], r["generator"], r["status"]) for r in table] == [
+        ("cap_a", "gen_x", "done"), ("cap_a", "gen_y", "done"), ("cap_b", "gen_x", "done"),
+        ("cap_b", "gen_y", "missing")]
+    assert float(table[2]["i2t2i/best/CIDEr"]) == 1.5 and table[2]["seconds"] == "75.0"
+    assert table[3]["i2t2i/clip_i_best"] == "" and float(table[1]["bridge/matched"]) == 0.25
+    for name in ("i2t2i_clip_i_best", "i2t2i_cider_best", "t2i2t_text_similarity_best", "t2i2t_clip_score_best"):
+        with Image.open(tmp_path / "docs" / "pairs" / f"{name}.png") as image:
+            assert image.size[0] > 200 and image.size[1] > 100
+    text = md.read_text()
+    assert md == tmp_path / "docs" / "pairs.md"
+    assert "`python -m recon_ft.pairs --captioners cap_a cap_b`" in text and "`abc123`" in text
+    assert "| cap_a | 0.500 | 0.250 |" in text  # I2T2I CLIP-I, captioners x generators
+    assert "| cap_b | 1.500 | - |" in text  # the best caption's CIDEr; the missing pair is "-"
+    assert "| cap_a | 5.000 | 2.500 |" in text  # T2I2T CLIP score
+    assert "| cap_b | gen_x | wordpiece -> bpe | 100 | 0.750 | 0.100 | 0.150 |" in text
+    assert "`extractors/clip`: `zoo CLIP`" in text and "![I2T2I best-of-k CLIP-I](pairs/i2t2i_clip_i_best.png)" in text
+    page = (tmp_path / "docs" / "pairs" / "report.html").read_text()
+    assert "<h1>recon_ft pairing study</h1>" in page and page.count("data:image/png;base64,") == 4
+
+
+def test_command_runs_a_pair_then_resumes(tmp_path):
+    """python -m recon_ft.pairs end to end on one pair; run again, the finished pair is skipped."""
+    args = [sys.executable, "-m", "recon_ft.pairs", "--captioners", "zoo_git", "--generators", "zoo_sdxl",
+            "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), "--set", *TINY_EVAL[:-1]]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "out" / "runs" / "zoo_git__zoo_sdxl"
+    assert (run / "metrics.json").is_file() and (run / "bridge.json").is_file() and (run / "report.html").is_file()
+    wall = (run / "wall.json").read_text()
+    assert "| zoo_git | zoo_sdxl | wordpiece -> bpe |" in (tmp_path / "docs" / "pairs.md").read_text()
+    second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "0 chains to run (1 steps already done, skipped)" in second.stderr
+    assert (run / "wall.json").read_text() == wall

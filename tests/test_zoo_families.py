@@ -1,0 +1,172 @@
+"""The zoo's family variants (BLIP-2 OPT / T5, GIT, SD 2.x, SDXL): recipes and keys, smoke builds in
+the standard formats, determinism, the pretraining targets, and a joint training step from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from recon_ft.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS
+from recon_ft.zoo import RECIPES
+from recon_ft.zoo.cache import ensure_family, zoo_part
+from recon_ft.zoo.families import FAMILIES, FAMILY_RECIPES, get_family_recipe
+from recon_ft.zoo.family_build import build_family, build_model
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def test_keys_are_their_own_and_the_default_zoo_key_is_unchanged():
+    # the default zoo's key (and so its cached models) does not depend on the families
+    assert RECIPES["default"].key == "default-101a74308647"
+    keys = [r.key for recipes in FAMILY_RECIPES.values() for r in recipes.values()]
+    assert len(set(keys)) == len(keys) == 2 * len(FAMILIES)
+    r = get_family_recipe("git")
+    assert r.key.startswith("git-default-") and len(r.key) == len("git-default-") + 12
+    assert dataclasses.replace(r, seed=1).key != r.key
+    assert dataclasses.replace(r, captioner=dataclasses.replace(r.captioner, steps=1)).key != r.key
+    with pytest.raises(ValueError, match="zoo family 'nope' is unknown"):
+        get_family_recipe("nope")
+    with pytest.raises(ValueError, match="recipe 'big' is unknown"):
+        get_family_recipe("sd2", "big")
+    with pytest.raises(ValueError, match="needs \\['vae'\\]"):
+        dataclasses.replace(get_family_recipe("sd2"), vae=None)
+
+
+def test_builder_sizes_of_each_family():
+    assert get_family_recipe("blip2_opt").tiny() == dict(image_size=64, patch_size=8, hidden_size=64, num_layers=3,
+                                                         language_model="opt", num_query_tokens=8)
+    assert get_family_recipe("blip2_t5", "smoke").tiny()["language_model"] == "t5"
+    assert get_family_recipe("sd2").tiny() == dict(sample_size=32, cross_attention_dim=32,
+                                                   prediction_type="v_prediction")
+    assert get_family_recipe("sdxl").tiny() == dict(sample_size=32, text_dims=[32, 32], time_embed_dim=8)
+    assert {f: get_family_recipe(f).part for f in FAMILIES} == {
+        "blip2_opt": "captioner", "blip2_t5": "captioner", "git": "captioner", "sd2": "generator",
+        "sdxl": "generator"}
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Every family's smoke variant, in the tests' private cache (tests/conftest.py)."""
+    return {f: ensure_family(f) for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_smoke_build_standard_format_and_resolver(family, built):
+    directory = built[family]
+    recipe = get_family_recipe(family, "smoke")
+    assert directory.name == recipe.key
+    record = json.loads((directory / "family.json").read_text())
+    assert record["recipe"] == recipe.to_dict() and record["part"] == recipe.part
+    part = directory / recipe.part
+    if recipe.part == "captioner":
+        assert (part / "config.json").is_file() and (part / "model.safetensors").is_file()
+        assert set(record["curves"]) == {"captioner"} and "caption_exact" in record["competence"]
+    else:
+        assert (part / "model_index.json").is_file()
+        assert set(record["curves"]) == {"vae", "unet"} and "vae_psnr_test" in record["competence"]
+    assert len(record["curves"][recipe.part if recipe.part == "captioner" else "unet"]) == 2  # steps 0 and 2
+    assert zoo_part(family) == str(part)  # ${zoo:<family>}
+    assert OmegaConf.create({"p": f"${{zoo:{family}}}"}).p == str(part)
+
+
+def test_loaded_variants_keep_their_family_traits(built):
+    sd2 = build_model(get_family_recipe("sd2", "smoke"), built["sd2"] / "generator")
+    assert sd2.prediction_type == "v_prediction" and sd2.tokenizer.pad_token == "!"
+    assert sd2.latent_scale != 0.18215  # the build's own unit-variance scale was saved
+    sdxl = build_model(get_family_recipe("sdxl", "smoke"), built["sdxl"] / "generator")
+    assert type(sdxl).__name__ == "StableDiffusionXLGenerator" and sdxl.prediction_type == "epsilon"
+    t5 = build_model(get_family_recipe("blip2_t5", "smoke"), built["blip2_t5"] / "captioner")
+    assert not t5.decoder_only and t5.prompt == "a picture of "
+
+
+@pytest.mark.parametrize("family", ["git", "sd2"])
+def test_build_is_deterministic(family, built, tmp_path):
+    recipe = get_family_recipe(family, "smoke")
+    build_family(recipe, tmp_path / family)
+    name = "model.safetensors" if recipe.part == "captioner" else "unet/diffusion_pytorch_model.safetensors"
+    first, second = load_file(str(built[family] / recipe.part / name)), load_file(str(tmp_path / family / recipe.part / name))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_unet_pretraining_regresses_the_generators_target(prediction_type, monkeypatch):
+    """train_unet's target, recovered from what the UNet saw: n for epsilon, v = sqrt(a) n - sqrt(1 - a) z0."""
+    from recon_ft.models.generator import build_stable_diffusion
+    from recon_ft.zoo import pretrain
+    from recon_ft.zoo.data import render_split
+    from recon_ft.zoo.recipe import UnetRecipe
+
+    generator = build_stable_diffusion(tiny={"sample_size": 32, "prediction_type": prediction_type},
+                                       unet_adapter={"mode": "frozen"})
+    data = render_split("train", 8, 0, 32)
+    moments = pretrain.latent_moments(generator.vae, data, 32)
+    seen = {}
+    sample_latents, denoise = generator.sample_latents, generator.denoise
+    generator.sample_latents = lambda m, rng: seen.setdefault("z0", sample_latents(m, rng))
+    generator.denoise = lambda zt, t, cond: (seen.update(zt=zt, t=t), denoise(zt, t, cond))[1]
+    mse = pretrain.F.mse_loss
+    monkeypatch.setattr(pretrain.F, "mse_loss", lambda pred, target: (seen.update(target=target), mse(pred, target))[1])
+    pretrain.train_unet(generator, data, moments, UnetRecipe(steps=1, batch_size=4, warmup_steps=1),
+                        torch.Generator().manual_seed(0))
+    a = generator.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)
+    noise = (seen["zt"] - a.sqrt() * seen["z0"]) / (1 - a).sqrt()
+    expected = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * seen["z0"]
+    torch.testing.assert_close(seen["target"], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_captioner_pretraining_full_softmax_is_the_caption_loss():
+    """BLIP-2 (a few hundred tokens) trains on the full softmax: the loss of the first step equals the
+    teacher-forced cross-entropy of the captioner interface's logits on the same batch."""
+    from recon_ft.zoo import pretrain
+    from recon_ft.zoo.data import render_split
+
+    recipe = get_family_recipe("blip2_opt", "smoke")
+    captioner = build_model(recipe)
+    assert pretrain.lm_head(captioner) is None
+    data = render_split("train", 8, 0, 64)
+    x, texts, _ = data.batch(torch.Generator().manual_seed(5), 4, canonical=True)
+    tokens = captioner.tokenize(texts)
+    with torch.no_grad():
+        logits = captioner.logits(captioner.preprocess(x), tokens)
+    labels = tokens.labels[:, 1:]
+    keep = labels != -100
+    expected = -logits[:, :-1][keep].log_softmax(-1).gather(1, labels[keep].unsqueeze(1)).mean()
+    r = dataclasses.replace(recipe.captioner, steps=1, batch_size=4)
+    curve = pretrain.train_captioner(captioner, data, r, torch.Generator().manual_seed(5))
+    assert curve[0][0] == 0 and curve[0][1] == pytest.approx(float(expected), rel=1e-5)
+
+
+# One joint step (both cycles) from the loaded variants; together these pairs cover every new family
+# (BLIP x SD is the default run of test_zoo.py). The other pairs of the matrix run under -m slow
+# (about 20 s each here).
+TRAIN_PAIRS = [("zoo_git", "zoo_sdxl"), ("zoo_blip2_opt", "zoo_sd2"), ("zoo_blip2_t5", "zoo_sdxl")]
+OTHER_PAIRS = [(c, g) for c in ZOO_CAPTIONERS for g in ZOO_GENERATORS
+               if (c, g) not in TRAIN_PAIRS and (c, g) != ("zoo_blip", "zoo_sd")]
+
+
+@pytest.mark.parametrize("captioner, generator",
+                         TRAIN_PAIRS + [pytest.param(c, g, marks=pytest.mark.slow) for c, g in OTHER_PAIRS])
+def test_one_joint_training_step_from_the_zoo_variants(captioner, generator, built, tmp_path):
+    from recon_ft.train import fit
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"run_dir={tmp_path}", f"captioner={captioner}", f"generator={generator}", "trainer.max_steps=1",
+            "data.train.size=8", "data.val.size=4", "data.batch_size=4", "data.eval_batch_size=4",
+            "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "loss.lambda_img=0.5",
+            "loss.lambda_txt=0.5", "trainer.log_every_n_steps=1"])
+    trainer, module = fit(cfg)
+    assert trainer.global_step == 1
+    rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for key in ("train/loss_cap", "train/loss_gen", "train/loss_i2t2i", "train/loss_t2i2t", "bridge/matched"):
+        assert key in header
+    assert (tmp_path / "adapters" / "captioner" / "adapter_config.json").is_file()
