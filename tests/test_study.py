@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from recon_ft.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
 from recon_ft.study.plan import BASE, load_study, plan, run_dir
-from recon_ft.study.report import headline_metrics, oracle_gate, write_report
+from recon_ft.study.report import headline_metrics, oracle_gate, shows, write_report
 from recon_ft.study.runner import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,3 +251,20 @@ def test_oracle_gate_keeps_attributes_validated_in_every_view_at_the_generator_s
     assert oracle_gate(views, 32) == {"validated": ["count", "colour"]}
     assert oracle_gate(views, 64) == {"validated": ["count", "colour", "size", "kind"]}
     assert oracle_gate(views, 16) is None and oracle_gate([], 32) is None
+
+
+def test_shows_names_an_unmeasured_metric_and_the_report_counts_its_tests(tmp_path):
+    assert shows("t2i2t/spearman_clip_cider", "val", [], "no_cycle") == \
+        "`t2i2t/spearman_clip_cider` (val): not measured on this split."
+    one_seed = [{"metric": "m", "split": "val", "config": "txt", "n": 1, "mean": 0.1, "significant": False}]
+    assert "too few paired seeds" in shows("m", "val", one_seed, "no_cycle")
+    fabricate(tmp_path / "out")
+    cfg = study_cfg(tmp_path / "out")
+    rows = collect(cfg)
+    diffs = differences(rows, "no_cycle")
+    write_report(cfg=cfg, command="c", rows=rows, summary=summarize(rows), diffs=diffs, wall=collect_wall(cfg),
+                 oracle=[], docs=tmp_path / "study.md", meta={"cpu": "x", "cpu_count": 2, "python": "3", "versions": {},
+                                                              "commit": "c", "date": "d"})
+    tested = sum(1 for d in diffs if d["metric"] in cfg.headline and d["p"] is not None)
+    assert tested > 0
+    assert f"This report makes {tested} such tests" in (tmp_path / "study.md").read_text()

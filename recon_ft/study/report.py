@@ -113,7 +113,9 @@ def plot(summary: list[dict], configs: list[str], splits: list[str], metrics: li
 def shows(metric: str, split: str, diffs: list[dict], baseline: str) -> str:
     """One plain sentence: does any configuration differ significantly from the baseline?"""
     mine = [d for d in diffs if d["metric"] == metric and d["split"] == split]
-    if not mine or all(d["n"] < 2 for d in mine):
+    if not mine:
+        return f"`{metric}` ({split}): not measured on this split."
+    if all(d["n"] < 2 for d in mine):
         return f"`{metric}` ({split}): too few paired seeds to compare with {baseline}."
     sig = [d for d in mine if d["significant"]]
     if not sig:
@@ -142,7 +144,11 @@ def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall:
            "## What it shows", ""]
     for split in splits:
         out += [f"- {shows(m, split, diffs, baseline)}" for m in metrics]
-    out += ["", f"How: {METHOD.format(baseline=baseline)}", "", f"![headline metrics]({figure})", ""]
+    tested = sum(1 for d in diffs if d["metric"] in metrics and d["p"] is not None)
+    out += ["", f"How: {METHOD.format(baseline=baseline)} This report makes {tested} such tests: at p < {ALPHA:g} "
+            f"about {tested * ALPHA:.1f} would come out significant by chance alone, so a lone significant "
+            "difference is a lead to rerun with more seeds, not a finding.",
+            "", f"![headline metrics]({figure})", ""]
     for split in splits:
         out += [f"## {split}: mean ± std over seeds (n)", "",
                 "| config | " + " | ".join(f"`{m}`" for m in metrics) + " |",
