@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from recon_ft.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
 from recon_ft.study.plan import BASE, load_study, plan, run_dir
-from recon_ft.study.report import headline_metrics, oracle_gate, shows, write_report
+from recon_ft.study.report import answer, headline_metrics, oracle_gate, shows, write_report
+from recon_ft.study.runner import record_runs
 from recon_ft.study.runner import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,3 +269,28 @@ def test_shows_names_an_unmeasured_metric_and_the_report_counts_its_tests(tmp_pa
     tested = sum(1 for d in diffs if d["metric"] in cfg.headline and d["p"] is not None)
     assert tested > 0
     assert f"This report makes {tested} such tests" in (tmp_path / "study.md").read_text()
+
+
+def test_answer_says_plainly_whether_any_configuration_differs():
+    diffs = [{"metric": "m", "split": "test", "config": "txt", "n": 3, "mean": 0.2, "p": 0.01, "significant": True},
+             {"metric": "m", "split": "val", "config": "txt", "n": 3, "mean": 0.01, "p": 0.6, "significant": False},
+             {"metric": "other", "split": "val", "config": "img", "n": 3, "mean": -0.3, "p": 0.01, "significant": True}]
+    val, test = answer(diffs, ["val", "test"], ["m"], "no_cycle")
+    assert val == ("- val: no cycle configuration differs significantly from no_cycle on any headline metric; "
+                   "here the cycle terms do not measurably help (or hurt).")
+    assert test == "- test: significant differences from no_cycle: txt up on `m` (+0.200, p 0.010)."
+
+
+def test_the_runs_command_and_commit_are_recorded_once_and_reported(tmp_path):
+    first = record_runs(tmp_path, "python -m recon_ft.study --jobs 2")
+    assert record_runs(tmp_path, "python -m recon_ft.study --report-only") == first
+    assert first["command"] == "python -m recon_ft.study --jobs 2"
+    fabricate(tmp_path)
+    cfg = study_cfg(tmp_path)
+    rows = collect(cfg)
+    write_report(cfg=cfg, command="python -m recon_ft.study --report-only", rows=rows, summary=summarize(rows),
+                 diffs=differences(rows, "no_cycle"), wall=collect_wall(cfg), oracle=[], docs=tmp_path / "s.md",
+                 meta={"cpu": "x", "cpu_count": 2, "python": "3", "versions": {}, "commit": "new", "date": "d"})
+    text = (tmp_path / "s.md").read_text()
+    assert f"The runs: `python -m recon_ft.study --jobs 2` at commit `{first['commit']}`" in text
+    assert "## Answer" in text

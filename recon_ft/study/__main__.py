@@ -19,7 +19,7 @@ from recon_ft.data.oracle import validate_oracle
 from recon_ft.study.aggregate import collect, collect_wall, differences, summarize
 from recon_ft.study.plan import load_study, plan
 from recon_ft.study.report import write_report
-from recon_ft.study.runner import run_all, threads_per_job
+from recon_ft.study.runner import record_runs, run_all, threads_per_job
 
 ROOT = Path(__file__).resolve().parents[2]  # train.py and eval.py live here
 log = logging.getLogger("recon_ft.study")
@@ -71,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             for step in chain.todo:
                 print(shlex.join(step.command))
         return 0
+    command = "python -m recon_ft.study " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if not args.report_only and any(c.todo for c in chains):
+        record_runs(Path(cfg.out_dir), command.strip())
     failures = [] if args.report_only else run_all(chains, args.jobs, threads, ROOT)
     rows = collect(cfg)
     if not rows:
         log.error("no finished evaluation under %s: nothing to report", cfg.out_dir)
         return 1
-    command = "python -m recon_ft.study " + shlex.join(sys.argv[1:] if argv is None else argv)
     write_report(cfg=cfg, command=command.strip(), rows=rows, summary=summarize(rows),
                  diffs=differences(rows, str(cfg.baseline)), wall=collect_wall(cfg),
                  oracle=oracle_validation(cfg), docs=Path(cfg.docs))

@@ -21,6 +21,19 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, jobs))
 
 
+def record_runs(out_dir: Path, command: str) -> dict:
+    """<out_dir>/runs.json: the command and commit that (first) ran the study's steps, so that a
+    report regenerated later (--report-only, another commit) still names them."""
+    path = Path(out_dir) / "runs.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {"command": command, "commit": commit or None, "started": time.strftime("%Y-%m-%d %H:%M")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
 def run_step(step: Step, threads: int, cwd: Path) -> float:
     """One subprocess, its output in <out_dir>/study.log; returns and records its wall time (s)."""
     step.out_dir.mkdir(parents=True, exist_ok=True)
