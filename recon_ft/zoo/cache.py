@@ -13,7 +13,7 @@ from recon_ft.zoo.families import FamilyRecipe, get_family_recipe
 from recon_ft.zoo.recipe import CLIP_RECIPES, ClipRecipe, ZooRecipe, get_clip_recipe, get_recipe
 
 # Rough build times on 2 CPU cores, said before a first-use build starts.
-EXPECTED_MINUTES = {"default": 20, "smoke": 0.2}
+EXPECTED_MINUTES = {"default": 18, "smoke": 0.2}
 
 
 def cache_root() -> Path:
@@ -126,7 +126,7 @@ def build_clip_once(recipe: ClipRecipe, directory: Path, data=None) -> Path:
             from recon_ft.zoo.clip import build_clip
 
             print(f"Building the zoo's CLIP '{recipe.name}' into {directory} (first use only"
-                  + ("; about 2 minutes on one CPU core" if recipe.name == "default" else "") + ") ...",
+                  + ("; about 4 minutes on one CPU core" if recipe.name == "default" else "") + ") ...",
                   file=sys.stderr, flush=True)
             build_clip(recipe, directory, data=data)
     return directory

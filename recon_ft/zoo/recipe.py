@@ -23,7 +23,7 @@ class CaptionerRecipe:
     patch_size: int = 8
     hidden_size: int = 96
     num_layers: int = 4
-    steps: int = 2500
+    steps: int = 1900
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
@@ -39,7 +39,7 @@ class CaptionerRecipe:
 class VaeRecipe:
     """The generator's AutoencoderKL, trained first as an autoencoder (MSE + a small KL)."""
 
-    steps: int = 400
+    steps: int = 300
     batch_size: int = 64
     lr: float = 2e-3
     kl_weight: float = 1e-4
@@ -50,7 +50,7 @@ class UnetRecipe:
     """The UNet and the CLIP text encoder, full weights, epsilon loss on the trained VAE's latents."""
 
     cross_attention_dim: int = 32
-    steps: int = 2200
+    steps: int = 1900
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -71,7 +71,7 @@ class ZooRecipe:
     vae: VaeRecipe = field(default_factory=VaeRecipe)
     unet: UnetRecipe = field(default_factory=UnetRecipe)
     # How many val items the build's competence summary uses (eval.py reports every item).
-    summary_items: int = 128
+    summary_items: int = 64
 
     def captioner_sizes(self) -> dict:
         """`tiny=` of recon_ft.models.captioner.build_blip."""
@@ -145,7 +145,7 @@ class ClipRecipe:
     text_layers: int = 2
     context_length: int = 20  # the longest grammar caption is 18 tokens with start and end
     train_token_embedding: bool = False
-    steps: int = 1000
+    steps: int = 700
     batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 50
