@@ -261,3 +261,22 @@ def test_sdxl_text_states_cache_is_refused():
 
     with pytest.raises(ValueError, match="frozen_cache.text_states: not supported for StableDiffusionXLGenerator"):
         build_frozen_cache({"text_states": True}, _tiny("sdxl"))
+
+
+def test_switched_sampler_never_clips_latents(tmp_path):
+    """eval's `generation.scheduler`: a DDIM sampler made from an SD 1.x pipeline's config keeps
+    Stable Diffusion's clip_sample=false (through save and load); a config without the key gets it
+    (DDIM's default would clip unit-variance latents to [-1, 1]); an explicit value is kept."""
+    from recon_ft.models.generator import sampler_from_config
+
+    gen = build_stable_diffusion(tiny={"sample_size": 32})
+    gen.save_base(tmp_path)
+    loaded = build_stable_diffusion(pretrained=str(tmp_path))
+    assert type(loaded.scheduler).__name__ == "PNDMScheduler"
+    assert sampler_from_config("DDIMScheduler", loaded.scheduler.config).config.clip_sample is False
+
+    without = {k: v for k, v in loaded.scheduler.config.items() if k != "clip_sample"}
+    assert sampler_from_config("DDIMScheduler", without).config.clip_sample is False
+    assert sampler_from_config("DDIMScheduler", {**without, "clip_sample": True}).config.clip_sample is True
+    euler = sampler_from_config("EulerDiscreteScheduler", without)  # no such argument: ignored
+    assert type(euler).__name__ == "EulerDiscreteScheduler" and euler.config.beta_schedule == "scaled_linear"

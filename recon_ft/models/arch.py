@@ -267,7 +267,7 @@ def sd15_arch() -> dict:
         vae=AutoencoderKL(**sd15_vae_config()),
         unet=UNet2DConditionModel(**sd15_unet_config()),
         text_encoder=CLIPTextModel(sd15_text_config()),
-        scheduler=PNDMScheduler(**sd_v1_scheduler_config()),
+        scheduler=PNDMScheduler.from_config(sd_v1_scheduler_config()),
     )
 
 

@@ -204,9 +204,7 @@ class StableDiffusionGenerator(nn.Module):
         """One image per prompt, item i from torch.Generator seeded with seeds[i]: (B, 3, H, W) in [0, 1]."""
         pipe = self.pipeline()
         if scheduler:
-            import diffusers
-
-            pipe.scheduler = getattr(diffusers, scheduler).from_config(self.scheduler.config)
+            pipe.scheduler = sampler_from_config(scheduler, self.scheduler.config)
         device = self.unet.device
         generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
         out = pipe(
@@ -379,6 +377,18 @@ def build_cycle_decoder(kind: str, vae, pretrained: str | None = None, init_seed
                 num_decoder_blocks=blocks,
             )
     return decoder.eval()
+
+
+def sampler_from_config(name: str, config):
+    """The diffusers scheduler class `name` on the pipeline's noise schedule (its `config`).
+
+    Latent diffusion never clips the predicted latents to [-1, 1] (they have unit variance):
+    Stable Diffusion's configs say `clip_sample: false`, and a config without the key gets it here,
+    since DDIM's and DDPM's default (true) would ruin every sample.
+    """
+    import diffusers
+
+    return getattr(diffusers, name).from_config(config, **({} if "clip_sample" in config else {"clip_sample": False}))
 
 
 def _load_scheduler(pretrained: str):

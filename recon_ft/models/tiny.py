@@ -151,15 +151,17 @@ def tiny_sd_components(sample_size: int = 32, cross_attention_dim: int = 32, pre
     )
     # Stable Diffusion v1's schedule and sampler; the training scheduler (DDPM) is made from this
     # config, as diffusers' training scripts do.
-    scheduler = PNDMScheduler(**sd_v1_scheduler_config(prediction_type))
+    scheduler = PNDMScheduler.from_config(sd_v1_scheduler_config(prediction_type))
     return dict(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler)
 
 
 def sd_v1_scheduler_config(prediction_type: str = "epsilon") -> dict:
     """PNDMScheduler config of Stable Diffusion v1 (scheduler/scheduler_config.json: scaled-linear
-    betas, 1,000 steps; its `clip_sample: false` is not a PNDMScheduler argument, and diffusers
-    drops it on loading too)."""
+    betas, 1,000 steps). Its `clip_sample: false` is not a PNDMScheduler argument, but `from_config`
+    keeps it in the config, so that a DDIM or DDPM sampler made from this config (eval's
+    `generation.scheduler`) does not clip the predicted latents to [-1, 1] as their default does."""
     return dict(
+        clip_sample=False,
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
