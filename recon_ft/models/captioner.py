@@ -56,7 +56,7 @@ class Captioner(nn.Module):
     generation length rule, adapters, saving and gradient checkpointing.
 
     Subclasses set `bos_token_id`, `eos_token_id`, `pad_token_id` and implement `_prompt_length`,
-    `tokenize`, `logits`, `generate` and `token_embedding`.
+    `tokenize`, `logits`, `_generation_inputs`, `_caption_start` and `token_embedding`.
     """
 
     def __init__(self, model, processor, prompt: str = "a picture of ", max_length: int = 40):
@@ -117,6 +117,46 @@ class Captioner(nn.Module):
         else:
             kwargs.update(do_sample=False, num_beams=max(num_beams, num_return_sequences))
         return kwargs
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        num_beams: int = 3,
+        max_length: int = 20,
+        min_length: int = 5,
+        do_sample: bool = False,
+        top_p: float = 0.9,
+        repetition_penalty: float = 1.0,
+        num_return_sequences: int = 1,
+        **generate_kwargs,
+    ) -> list[str]:
+        """Captions (without the prompt) for a batch: B * num_return_sequences strings, grouped by image.
+
+        Lengths count the positions before the caption too (`new_token_range`), as BLIP's own
+        generate does: with BLIP's "a picture of " (4 tokens) the defaults 20 / 5 allow 1 to 16
+        caption tokens. `generate_kwargs` go to transformers' generate (e.g. `logits_processor`:
+        the evaluation's per-item seeded nucleus sampling, recon_ft.eval.captioning).
+        """
+        out = self.model.generate(
+            pixel_values=pixel_values, **self._generation_inputs(pixel_values),
+            **self.new_token_range(max_length, min_length),
+            **self._search_kwargs(num_beams, do_sample, top_p, repetition_penalty, num_return_sequences),
+            **generate_kwargs,
+        )
+        self.last_ids = out[:, self._caption_start :]  # (B * n, T) the caption ids, for inspection and tests
+        return [c.strip() for c in self.tokenizer.batch_decode(self.last_ids, skip_special_tokens=True)]
+
+    def _generation_inputs(self, pixel_values: torch.Tensor) -> dict:
+        """The family's generate() arguments besides the pixels and the search: the prompt's ids and
+        whatever else it needs (attention mask, special token ids)."""
+        raise NotImplementedError
+
+    @property
+    def _caption_start(self) -> int:
+        """Where the caption starts in generate()'s output rows."""
+        raise NotImplementedError
 
     # -- adapters and saving ----------------------------------------------------------------------
     def configure_adapters(self, spec: AdapterSpec) -> None:
@@ -217,35 +257,13 @@ class BlipCaptioner(Captioner):
         out = critic_call(self.model, **kwargs) if critic else self.model(**kwargs)
         return out.logits
 
-    @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: torch.Tensor,
-        num_beams: int = 3,
-        max_length: int = 20,
-        min_length: int = 5,
-        do_sample: bool = False,
-        top_p: float = 0.9,
-        repetition_penalty: float = 1.0,
-        num_return_sequences: int = 1,
-        **generate_kwargs,
-    ) -> list[str]:
-        """Captions (without the prompt) for a batch: B * num_return_sequences strings, grouped by image.
-
-        Lengths count the whole decoded sequence, [DEC] and the prompt included, as BLIP's own
-        generate does: with BLIP's "a picture of " (4 tokens) the defaults 20 / 5 allow 1 to 16
-        caption tokens. `generate_kwargs` go to transformers' generate (e.g. `logits_processor`:
-        the evaluation's per-item seeded nucleus sampling, recon_ft.eval.captioning).
-        """
+    def _generation_inputs(self, pixel_values: torch.Tensor) -> dict:
         b = pixel_values.shape[0]
-        prompt = self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids.to(pixel_values.device)
-        kwargs = self._search_kwargs(num_beams, do_sample, top_p, repetition_penalty, num_return_sequences)
-        out = self.model.generate(
-            pixel_values=pixel_values, input_ids=prompt, **self.new_token_range(max_length, min_length), **kwargs,
-            **generate_kwargs,
-        )
-        # generate() drops the prompt's trailing [SEP]: the caption starts at prompt_length.
-        return [c.strip() for c in self.tokenizer.batch_decode(out[:, self.prompt_length :], skip_special_tokens=True)]
+        return {"input_ids": self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids.to(pixel_values.device)}
+
+    @property
+    def _caption_start(self) -> int:
+        return self.prompt_length  # generate() drops the prompt's trailing [SEP]
 
 
 def build_blip(

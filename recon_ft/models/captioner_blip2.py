@@ -119,22 +119,7 @@ class Blip2Captioner(Captioner):
         logits = out.logits[:, self.num_query_tokens :] if self.decoder_only else out.logits  # (B, L, V_model)
         return logits[..., : self.vocab_size]
 
-    @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: torch.Tensor,
-        num_beams: int = 3,
-        max_length: int = 20,
-        min_length: int = 5,
-        do_sample: bool = False,
-        top_p: float = 0.9,
-        repetition_penalty: float = 1.0,
-        num_return_sequences: int = 1,
-        **generate_kwargs,
-    ) -> list[str]:
-        """Captions (without the prompt), B * num_return_sequences strings grouped by image. Lengths
-        count the P prompt positions (`new_token_range`): BOS and the prompt for OPT, the decoder's
-        start token for T5."""
+    def _generation_inputs(self, pixel_values: torch.Tensor) -> dict:
         b, device = pixel_values.shape[0], pixel_values.device
         if self.decoder_only:
             head = torch.tensor([self.bos_token_id] + self._prompt_ids(self.prompt), device=device).expand(b, -1)
@@ -142,19 +127,17 @@ class Blip2Captioner(Captioner):
         else:
             input_ids = self._encoder_ids(b, device)
             attention_mask = torch.ones_like(input_ids)
-        kwargs = self._search_kwargs(num_beams, do_sample, top_p, repetition_penalty, num_return_sequences)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, eos_token_id=self.eos_token_id,
+                      pad_token_id=self.pad_token_id)
         rows = self.model.get_output_embeddings().out_features
         if rows > self.vocab_size:  # the embedding's padding rows are no tokens: never generate them
-            kwargs["suppress_tokens"] = list(range(self.vocab_size, rows))
-        out = self.model.generate(
-            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-            eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
-            **self.new_token_range(max_length, min_length), **kwargs, **generate_kwargs,
-        )
-        # decoder-only: out repeats the Q placeholders and the P prompt ids; T5: out starts with <pad>
-        start = self.num_query_tokens + self.prompt_length if self.decoder_only else 1
-        self.last_ids = out[:, start:]  # (B * n, T) the caption ids, for inspection and tests
-        return [c.strip() for c in self.tokenizer.batch_decode(self.last_ids, skip_special_tokens=True)]
+            inputs["suppress_tokens"] = list(range(self.vocab_size, rows))
+        return inputs
+
+    @property
+    def _caption_start(self) -> int:
+        # decoder-only: the output repeats the Q placeholders and the P prompt ids; T5: it starts with <pad>
+        return self.num_query_tokens + self.prompt_length if self.decoder_only else 1
 
 
 def _single_id(tokenizer, text: str) -> int:

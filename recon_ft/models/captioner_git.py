@@ -56,31 +56,15 @@ class GitCaptioner(Captioner):
         out = critic_call(self.model, **kwargs) if critic else self.model(**kwargs)
         return out.logits[:, self.num_image_tokens :]  # (B, N + L, V) -> (B, L, V)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: torch.Tensor,
-        num_beams: int = 3,
-        max_length: int = 20,
-        min_length: int = 5,
-        do_sample: bool = False,
-        top_p: float = 0.9,
-        repetition_penalty: float = 1.0,
-        num_return_sequences: int = 1,
-        **generate_kwargs,
-    ) -> list[str]:
-        """Captions (without the prompt), B * num_return_sequences strings grouped by image; lengths
-        count [CLS] and the prompt, as BLIP's do (`new_token_range`)."""
+    def _generation_inputs(self, pixel_values: torch.Tensor) -> dict:
         b = pixel_values.shape[0]
         prompt = self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids[:, :-1]  # without [SEP]
-        kwargs = self._search_kwargs(num_beams, do_sample, top_p, repetition_penalty, num_return_sequences)
-        out = self.model.generate(
-            pixel_values=pixel_values, input_ids=prompt.to(pixel_values.device), eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id, **self.new_token_range(max_length, min_length), **kwargs,
-            **generate_kwargs,
-        )
-        self.last_ids = out[:, self.prompt_length :]  # (B * n, T) the caption ids, for inspection and tests
-        return [c.strip() for c in self.tokenizer.batch_decode(self.last_ids, skip_special_tokens=True)]
+        return {"input_ids": prompt.to(pixel_values.device), "eos_token_id": self.eos_token_id,
+                "pad_token_id": self.pad_token_id}
+
+    @property
+    def _caption_start(self) -> int:
+        return self.prompt_length  # [CLS] and the prompt
 
 
 def build_git(
