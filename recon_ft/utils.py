@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def git_commit() -> str | None:
+    """The short hash of the checked-out commit, or None outside a git checkout (or without git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def is_rank_zero() -> bool:

@@ -17,8 +17,7 @@ from omegaconf import OmegaConf
 from recon_ft.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
 from recon_ft.study.plan import BASE, load_study, plan, run_dir
 from recon_ft.study.report import answer, headline_metrics, oracle_gate, shows, write_report
-from recon_ft.study.runner import record_runs
-from recon_ft.study.runner import threads_per_job
+from recon_ft.study.runner import record_runs, threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -8,12 +8,12 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
 from recon_ft.study.aggregate import ALPHA, METHOD, sign_count
 from recon_ft.study.plan import BASE
+from recon_ft.utils import git_commit
 
 # A generated-image metric is reported only if the oracle reads its attribute from rendered images.
 ORACLE_ATTRIBUTE = {"synthetic/gen_count": "count", "synthetic/gen_colour": "colour", "synthetic/gen_exact": "exact",
@@ -46,13 +46,8 @@ def machine() -> dict:
             versions[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             versions[lib] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
     return {"cpu": model or platform.processor(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "versions": versions, "commit": commit, "date": datetime.date.today().isoformat()}
+            "versions": versions, "commit": git_commit(), "date": datetime.date.today().isoformat()}
 
 
 def _f(value, digits=3) -> str:

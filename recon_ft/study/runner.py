@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from recon_ft.study.plan import Chain, Step
+from recon_ft.utils import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,7 @@ def record_runs(out_dir: Path, command: str) -> dict:
     path = Path(out_dir) / "runs.json"
     if path.is_file():
         return json.loads(path.read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"command": command, "commit": commit or None, "started": time.strftime("%Y-%m-%d %H:%M")}
+    record = {"command": command, "commit": git_commit(), "started": time.strftime("%Y-%m-%d %H:%M")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
     return record
