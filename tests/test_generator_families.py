@@ -280,3 +280,12 @@ def test_switched_sampler_never_clips_latents(tmp_path):
     assert sampler_from_config("DDIMScheduler", {**without, "clip_sample": True}).config.clip_sample is True
     euler = sampler_from_config("EulerDiscreteScheduler", without)  # no such argument: ignored
     assert type(euler).__name__ == "EulerDiscreteScheduler" and euler.config.beta_schedule == "scaled_linear"
+
+    # a pipeline directory whose own sampler is DDIM without the key loads without clipping too
+    import json
+
+    path = tmp_path / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**{k: v for k, v in json.loads(path.read_text()).items() if k != "clip_sample"},
+                                "_class_name": "DDIMScheduler"}))
+    ddim = build_stable_diffusion(pretrained=str(tmp_path)).scheduler
+    assert type(ddim).__name__ == "DDIMScheduler" and ddim.config.clip_sample is False

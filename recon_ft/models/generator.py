@@ -392,9 +392,9 @@ def sampler_from_config(name: str, config):
 
 
 def _load_scheduler(pretrained: str):
-    """The pipeline's own sampler class, from scheduler/scheduler_config.json."""
+    """The pipeline's own sampler class, from scheduler/scheduler_config.json (never clipping latents)."""
     import diffusers
 
     config = diffusers.DDPMScheduler.load_config(pretrained, subfolder="scheduler")
-    return getattr(diffusers, config["_class_name"]).from_config(config)
+    return sampler_from_config(config["_class_name"], config)
 
