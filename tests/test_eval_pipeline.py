@@ -328,3 +328,16 @@ def test_errors_name_what_is_wrong(tmp_path):
         run_eval(tmp_path / "e", "ckpt=last")
     with pytest.raises(ValueError, match="paths.clip_weights"):
         run_eval(tmp_path / "e", "metrics=real")
+
+
+def test_guidance_defaults_to_the_generators_own(tmp_path):
+    """generation.guidance_scale null (eval's default): the loaded generator's own scale (its
+    config's: 2 for the zoo's SD); a number on the command line wins."""
+    from types import SimpleNamespace
+
+    from recon_ft.eval.pipeline import settings_from
+
+    pair = SimpleNamespace(generator=SimpleNamespace(guidance_scale=2.0), tiny_generator=False)
+    default, _ = settings_from(compose_eval(tmp_path), pair)
+    given, _ = settings_from(compose_eval(tmp_path, "generation.guidance_scale=6.0"), pair)
+    assert default.generation.guidance_scale == 2.0 and given.generation.guidance_scale == 6.0

@@ -289,3 +289,61 @@ def test_switched_sampler_never_clips_latents(tmp_path):
                                 "_class_name": "DDIMScheduler"}))
     ddim = build_stable_diffusion(pretrained=str(tmp_path)).scheduler
     assert type(ddim).__name__ == "DDIMScheduler" and ddim.config.clip_sample is False
+
+
+def test_zero_terminal_snr_schedule_ends_in_pure_noise(tmp_path):
+    """The zoo's schedule: SD v1's betas rescaled so that the training scheduler's last step is pure
+    noise (alpha_bar = 0 exactly), the sampler starts there ("trailing"), v-prediction; through
+    save and load; epsilon is refused (undefined at alpha_bar = 0)."""
+    from recon_ft.models.tiny import zero_snr_scheduler_config
+
+    gen = build_stable_diffusion(tiny={"sample_size": 32, "prediction_type": "v_prediction",
+                                       "zero_terminal_snr": True})
+    gen.save_base(tmp_path)
+    loaded = build_stable_diffusion(pretrained=str(tmp_path))
+    assert type(loaded.scheduler).__name__ == "DDIMScheduler" and loaded.prediction_type == "v_prediction"
+    a = loaded.alphas_cumprod
+    assert float(a[-1]) == 0.0 and float(a[-2]) > 0.0
+    sd_v1 = build_stable_diffusion(tiny={"sample_size": 32}).alphas_cumprod
+    assert float(sd_v1[-1]) == pytest.approx(0.0047, abs=1e-4)  # the leak the rescaling removes
+    assert float(a[0]) == pytest.approx(float(sd_v1[0]), rel=1e-3)  # the first step barely moves
+    loaded.scheduler.set_timesteps(10)
+    assert int(loaded.scheduler.timesteps[0]) == 999
+    with pytest.raises(ValueError, match="v_prediction"):
+        zero_snr_scheduler_config("epsilon")
+
+
+def test_switched_sampler_keeps_a_zero_snr_schedule():
+    """eval's `generation.scheduler` on a zero-terminal-SNR model: a class that rescales its betas
+    samples the trained schedule; PNDM, which would silently drop the rescaling, is refused."""
+    from recon_ft.models.generator import sampler_from_config
+    from recon_ft.models.tiny import zero_snr_scheduler_config
+
+    config = zero_snr_scheduler_config()
+    from diffusers import DDPMScheduler
+
+    trained = DDPMScheduler.from_config(config).alphas_cumprod
+    for name in ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"):
+        a = sampler_from_config(name, config).alphas_cumprod
+        # Euler keeps its last sigma finite: alpha_bar 2^-24 instead of 0
+        assert torch.equal(a[:-1], trained[:-1]) and float(a[-1]) <= 2.0**-24, name
+    with pytest.raises(ValueError, match="PNDMScheduler cannot sample"):
+        sampler_from_config("PNDMScheduler", config)
+
+
+def test_sampling_guidance_is_the_generators_own(monkeypatch):
+    """`sample()` without a guidance scale uses the builder's `guidance_scale` (a model config's),
+    an explicit one wins."""
+    gen = build_stable_diffusion(tiny={"sample_size": 32}, guidance_scale=2.0)
+    assert gen.guidance_scale == 2.0 and build_stable_diffusion(tiny={"sample_size": 32}).guidance_scale == 7.5
+    seen = []
+
+    class Pipe:
+        def __call__(self, prompts, guidance_scale, **kwargs):
+            seen.append(guidance_scale)
+            return type("Out", (), {"images": torch.zeros(len(prompts), 3, 32, 32)})()
+
+    monkeypatch.setattr(type(gen), "pipeline", lambda self: Pipe())
+    gen.sample(["a red circle"], [0], num_inference_steps=1)
+    gen.sample(["a red circle"], [0], guidance_scale=5.0, num_inference_steps=1)
+    assert seen == [2.0, 5.0]

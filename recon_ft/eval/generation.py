@@ -12,7 +12,7 @@ from PIL import Image
 
 @dataclass
 class GenerationSettings:
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the generator's own (its config's guidance_scale)
     num_inference_steps: int | None = None  # None: 50, or 10 for a tiny random-init generator
     scheduler: str | None = None  # a diffusers scheduler class name; None: the pipeline's own
     batch_size: int = 16  # images per pipeline call

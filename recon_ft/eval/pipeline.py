@@ -35,6 +35,8 @@ SPLITS = ("train", "val", "test")
 def settings_from(cfg: DictConfig, pair: Pair) -> tuple[EvalSettings, AnalysisSettings]:
     caption = CaptionSettings(**OmegaConf.to_container(cfg.caption, resolve=True))
     generation = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True))
+    if generation.guidance_scale is None:  # the generator's own (its config's guidance_scale)
+        generation.guidance_scale = float(pair.generator.guidance_scale)
     a = cfg.analysis
     predict = EvalSettings(seed=int(cfg.seed), k=int(a.k), i2t2i=bool(a.i2t2i), t2i2t=bool(a.t2i2t),
                            steps=generation.steps(pair.tiny_generator), caption=caption, generation=generation)

@@ -31,6 +31,10 @@ from recon_ft.models.lora import AdapterSpec, critic_call, critic_checkpoint_con
 
 
 class StableDiffusionGenerator(nn.Module):
+    # Classifier-free guidance when a caller gives none (`sample`, eval.py's generation): the
+    # builders' `guidance_scale`, set from the model's config (the zoo's zero-SNR models want 2).
+    guidance_scale: float = 7.5
+
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, cycle_decoder=None):
         super().__init__()
         from diffusers import DDPMScheduler
@@ -197,11 +201,12 @@ class StableDiffusionGenerator(nn.Module):
         self,
         prompts: list[str],
         seeds: list[int],
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         num_inference_steps: int = 50,
         scheduler: str | None = None,
     ) -> torch.Tensor:
-        """One image per prompt, item i from torch.Generator seeded with seeds[i]: (B, 3, H, W) in [0, 1]."""
+        """One image per prompt, item i from torch.Generator seeded with seeds[i]: (B, 3, H, W) in [0, 1].
+        `guidance_scale` None: the model's own (`self.guidance_scale`)."""
         pipe = self.pipeline()
         if scheduler:
             pipe.scheduler = sampler_from_config(scheduler, self.scheduler.config)
@@ -210,7 +215,7 @@ class StableDiffusionGenerator(nn.Module):
         out = pipe(
             prompts,
             generator=generators,
-            guidance_scale=guidance_scale,
+            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
             num_inference_steps=num_inference_steps,
             height=self.image_size,
             width=self.image_size,
@@ -297,11 +302,13 @@ def build_stable_diffusion(
     save_base_to: str | None = None,
     init_seed: int = 0,
     pad_token: str = "<|endoftext|>",
+    guidance_scale: float = 7.5,
 ) -> StableDiffusionGenerator:
     """Stable Diffusion 1.x / 2.x from `pretrained` (hub id or pipeline directory) or, offline, a tiny
     config or a real architecture with random weights (`arch`, see recon_ft.models.arch: "sd15",
     "sd21"). `pad_token`: the offline tiny build's tokenizer padding ("!" as SD 2.x's); a
-    pretrained pipeline and an `arch` bring their own tokenizer.
+    pretrained pipeline and an `arch` bring their own tokenizer. `guidance_scale`: the model's
+    sampling default (StableDiffusionGenerator.guidance_scale).
 
     `cycle_decoder`: which decoder the text cycle backpropagates through. `full` is the VAE's;
     `tiny` is diffusers' AutoencoderTiny (TAESD), loaded from `cycle_decoder_pretrained` (a local
@@ -334,6 +341,7 @@ def build_stable_diffusion(
         parts.setdefault("tokenizer", clip_tokenizer(pad_token=pad_token))
     parts["cycle_decoder"] = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
     generator = StableDiffusionGenerator(**parts)
+    generator.guidance_scale = float(guidance_scale)
     if save_base_to and not pretrained and is_rank_zero():
         generator.save_base(save_base_to)
     generator.configure_adapters(AdapterSpec.coerce(unet_adapter), AdapterSpec.coerce(text_encoder_adapter))
@@ -384,11 +392,20 @@ def sampler_from_config(name: str, config):
 
     Latent diffusion never clips the predicted latents to [-1, 1] (they have unit variance):
     Stable Diffusion's configs say `clip_sample: false`, and a config without the key gets it here,
-    since DDIM's and DDPM's default (true) would ruin every sample.
+    since DDIM's and DDPM's default (true) would ruin every sample. A zero-terminal-SNR schedule
+    (`rescale_betas_zero_snr`) needs a class that rescales its betas too (PNDM does not).
     """
+    import inspect
+
     import diffusers
 
-    return getattr(diffusers, name).from_config(config, **({} if "clip_sample" in config else {"clip_sample": False}))
+    cls = getattr(diffusers, name)
+    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in inspect.signature(cls).parameters:
+        # from_config would drop the flag and sample with betas the model was not trained on
+        raise ValueError(f"generation.scheduler: {name} cannot sample this model's zero-terminal-SNR schedule; "
+                         "use one with rescale_betas_zero_snr, e.g. DDIMScheduler, EulerDiscreteScheduler, "
+                         "DPMSolverMultistepScheduler or UniPCMultistepScheduler")
+    return cls.from_config(config, **({} if "clip_sample" in config else {"clip_sample": False}))
 
 
 def _load_scheduler(pretrained: str):

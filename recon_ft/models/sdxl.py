@@ -179,10 +179,12 @@ def build_sdxl(
     gradient_checkpointing: bool = False,
     save_base_to: str | None = None,
     init_seed: int = 0,
+    guidance_scale: float = 7.5,
 ) -> StableDiffusionXLGenerator:
     """SDXL from `pretrained` (hub id or pipeline directory) or, offline, a tiny config
     (recon_ft.models.tiny.tiny_sdxl_components) or the real architecture with random weights
-    (`arch: sdxl_base`). `text_encoder_adapter` applies to both text encoders.
+    (`arch: sdxl_base`). `text_encoder_adapter` applies to both text encoders. `guidance_scale`: the
+    model's sampling default.
     """
     if pretrained:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -213,6 +215,7 @@ def build_sdxl(
         parts.setdefault("tokenizer_2", clip_tokenizer(pad_token="!"))
     parts["cycle_decoder"] = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
     generator = StableDiffusionXLGenerator(**parts)
+    generator.guidance_scale = float(guidance_scale)
     if save_base_to and not pretrained and is_rank_zero():
         generator.save_base(save_base_to)
     generator.configure_adapters(AdapterSpec.coerce(unet_adapter), AdapterSpec.coerce(text_encoder_adapter))

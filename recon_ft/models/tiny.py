@@ -102,12 +102,15 @@ def tiny_git_config(image_size: int = 32, patch_size: int = 8, hidden_size: int 
     )
 
 
-def tiny_sd_components(sample_size: int = 32, cross_attention_dim: int = 32, prediction_type: str = "epsilon"):
+def tiny_sd_components(sample_size: int = 32, cross_attention_dim: int = 32, prediction_type: str = "epsilon",
+                       zero_terminal_snr: bool = False):
     """Random-init Stable Diffusion parts: VAE (factor-2 downsampling), UNet, CLIP text encoder, schedulers.
 
     `sample_size` is the image resolution; latents are (4, sample_size / 2, sample_size / 2).
+    `zero_terminal_snr`: the schedule of `zero_snr_scheduler_config` (DDIM sampler) instead of SD v1's
+    (PNDM sampler).
     """
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vae = AutoencoderKL(
@@ -149,9 +152,12 @@ def tiny_sd_components(sample_size: int = 32, cross_attention_dim: int = 32, pre
             pad_token_id=49407,
         )
     )
-    # Stable Diffusion v1's schedule and sampler; the training scheduler (DDPM) is made from this
-    # config, as diffusers' training scripts do.
-    scheduler = PNDMScheduler.from_config(sd_v1_scheduler_config(prediction_type))
+    # The sampler and its schedule; the training scheduler (DDPM) is made from this config, as
+    # diffusers' training scripts do.
+    if zero_terminal_snr:
+        scheduler = DDIMScheduler.from_config(zero_snr_scheduler_config(prediction_type))
+    else:
+        scheduler = PNDMScheduler.from_config(sd_v1_scheduler_config(prediction_type))
     return dict(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler)
 
 
@@ -169,6 +175,34 @@ def sd_v1_scheduler_config(prediction_type: str = "epsilon") -> dict:
         set_alpha_to_one=False,
         skip_prk_steps=True,
         steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def zero_snr_scheduler_config(prediction_type: str = "v_prediction") -> dict:
+    """DDIMScheduler config of SD v1's betas rescaled to zero terminal SNR, sampled from t = 999.
+
+    Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (WACV 2024): SD's
+    schedule ends at alpha_bar = 0.0047, so training never shows the model pure noise, while
+    sampling starts from it. On small latents the leak is large: at t = 999 a 16 x 16 latent's
+    channel means still carry 0.068 x their clean value against noise means of std 1/16, so the
+    UNet learns to read an image's colours from its noisy input rather than from the text. Rescaling the betas makes the last step pure
+    noise, which needs v-prediction (epsilon is undefined at alpha_bar = 0), and "trailing" timestep
+    spacing makes the sampler start at t = 999. On the synthetic benchmark this moved the zoo
+    UNet's colour accuracy from 0.2-0.4 to 0.77 (README, "Synthetic model zoo").
+    """
+    if prediction_type != "v_prediction":
+        raise ValueError(f"zero terminal SNR needs prediction_type 'v_prediction', got {prediction_type!r}")
+    return dict(
+        clip_sample=False,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        set_alpha_to_one=False,
+        steps_offset=1,  # unused by "trailing"; 1 keeps the pipeline from rewriting the config
         prediction_type=prediction_type,
     )
 
