@@ -7,7 +7,8 @@ On the zoo's models (frozen, no adapters) and val items of the synthetic benchma
     another item's caption on it; their gap says how much of the caption the decode still carries
     (0: the decode no longer tells its caption from another);
   - the norm of that loss's gradient at the UNet's output (what the text cycle backpropagates
-    into the denoiser), which grows like sqrt((1 - a_t) / a_t) through the x0 formula.
+    into the denoiser), scaled by the x0 formula's d z0_hat / d prediction: sqrt((1 - a_t) / a_t)
+    for epsilon-prediction (it grows without bound), sqrt(1 - a_t) for v-prediction (at most 1).
 A useful t_max keeps the timesteps whose gap is a sizeable part of the gap at small t, and drops
 those where the gradient is large but the gap small.
 """
@@ -59,13 +60,20 @@ def probe(items: int = 64, seed: int = 0, timesteps=TIMESTEPS) -> list[dict]:
         (grad,) = torch.autograd.grad(loss_right.mean(), pred)
         rows.append({
             "t": t,
-            "sqrt((1-a)/a)": math.sqrt((1 - float(a[0])) / float(a[0])),
+            "dx0/dpred": x0_gain(float(a[0]), generator.prediction_type),
             "loss_right": float(loss_right.mean()),
             "loss_other": float(loss_wrong.mean()),
             "gap": float((loss_wrong - loss_right).mean()),
             "grad_norm": float(grad.flatten(1).norm(dim=1).mean()) * items,  # per row, undoing the mean
         })
     return rows
+
+
+def x0_gain(alpha_bar: float, prediction_type: str) -> float:
+    """d z0_hat / d prediction of recon_ft.losses.predict_x0 (per element)."""
+    if prediction_type == "epsilon":
+        return math.sqrt((1 - alpha_bar) / alpha_bar) if alpha_bar > 0 else math.inf
+    return math.sqrt(1 - alpha_bar)
 
 
 def _caption_loss(captioner, pixels, tokens):
@@ -79,9 +87,9 @@ def _caption_loss(captioner, pixels, tokens):
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| t | sqrt((1-a)/a) | loss, right caption | loss, another item's caption | gap | gradient norm at the UNet output |",
+    lines = ["| t | d x0 / d prediction | loss, right caption | loss, another item's caption | gap | gradient norm at the UNet output |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['t']} | {r['sqrt((1-a)/a)']:.2f} | {r['loss_right']:.3f} | {r['loss_other']:.3f} | "
+    lines += [f"| {r['t']} | {r['dx0/dpred']:.2f} | {r['loss_right']:.3f} | {r['loss_other']:.3f} | "
               f"{r['gap']:.3f} | {r['grad_norm']:.3g} |" for r in rows]
     return "\n".join(lines)
 

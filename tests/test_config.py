@@ -51,3 +51,18 @@ def test_wandb_logger_goes_offline_without_credentials(tmp_path, monkeypatch):
     cfg = compose_train("logger=wandb", f"run_dir={tmp_path}")
     logger = instantiate(cfg.logger.wandb)
     assert logger._offline is True
+
+
+def test_zoo_builds_summary_samples_as_eval_does():
+    """The zoo build's competence summary predicts eval.py's numbers only with eval.py's sampling:
+    the zoo generator config's guidance (eval's generation.guidance_scale is null: the model's own)
+    and its step count; the family variants' configs keep SD's 7.5, as their summary assumes."""
+    from recon_ft.zoo.build import GENERATION_KWARGS
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("eval")
+        variants = [compose("eval", overrides=[f"generator={g}"]).generator for g in ("zoo_sd2", "zoo_sdxl")]
+    assert cfg.generation.guidance_scale is None
+    assert cfg.generator.guidance_scale == GENERATION_KWARGS["guidance_scale"] == 2.0
+    assert (cfg.generation.num_inference_steps or 50) == GENERATION_KWARGS["num_inference_steps"]
+    assert all(v.get("guidance_scale", 7.5) == 7.5 for v in variants)

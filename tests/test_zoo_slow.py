@@ -1,4 +1,4 @@
-"""The default zoo built from scratch reaches its competence targets (pytest -m slow; about 18 min
+"""The default zoo built from scratch reaches its competence targets (pytest -m slow; about 40 min
 on 2 CPU cores). The summary uses eval.py's scorers and generation settings on val items; then
 eval.py itself, with its default extractors (the zoo's CLIP), gives every reconstruction
 correlation a value."""

@@ -23,9 +23,10 @@ from recon_ft.zoo.pretrain import latent_moments, train_captioner, train_unet, t
 from recon_ft.zoo.recipe import ZooRecipe
 
 
-# eval.py's defaults (conf/eval.yaml), so the build's summary predicts eval.py's numbers.
+# eval.py's defaults (conf/eval.yaml; the guidance is conf/generator/zoo_sd.yaml's, a test keeps
+# them equal), so the build's summary predicts eval.py's numbers.
 CAPTION_KWARGS = dict(num_beams=3, max_length=20, min_length=5)
-GENERATION_KWARGS = dict(guidance_scale=7.5, num_inference_steps=50)
+GENERATION_KWARGS = dict(guidance_scale=2.0, num_inference_steps=50)
 
 
 def build_models(recipe: ZooRecipe, captioner: bool = True, generator: bool = True):
@@ -122,9 +123,18 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
             captioner, generator, recipe.seed, recipe.summary_items, recipe.render_size, recipe.generator_size,
             CAPTION_KWARGS, GENERATION_KWARGS,
         )
+    import diffusers
+    import transformers
+
+    from recon_ft.utils import git_commit
+
     record = {
         "recipe": recipe.to_dict(),
         "key": recipe.key,
+        # what built it: the checkout's commit and the libraries whose kernels decide the weights
+        "commit": git_commit(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "diffusers": diffusers.__version__},
         "latent_scaling_factor": extra["latent_scaling_factor"],
         "seconds": {
             "captioner": captioner_seconds, "vae": extra["vae"], "generator": generator_seconds,

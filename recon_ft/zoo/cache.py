@@ -13,7 +13,7 @@ from recon_ft.zoo.families import FamilyRecipe, get_family_recipe
 from recon_ft.zoo.recipe import CLIP_RECIPES, ClipRecipe, ZooRecipe, get_clip_recipe, get_recipe
 
 # Rough build times on 2 CPU cores, said before a first-use build starts.
-EXPECTED_MINUTES = {"default": 18, "smoke": 0.2}
+EXPECTED_MINUTES = {"default": 40, "smoke": 0.2}
 
 
 def cache_root() -> Path:
