@@ -117,6 +117,55 @@ def test_resolver_builds_once_into_the_cache(tmp_path, monkeypatch):
     assert Path(OmegaConf.to_container(cfg.generator, resolve=True)["pretrained"]) == path.parent / "generator"
 
 
+def test_first_use_installs_a_shipped_zoo_instead_of_building(smoke_zoo, tmp_path, monkeypatch):
+    """A zoo shipped with the package (recon_ft/zoo/shipped/<key>) is copied into the cache on
+    first use, whole, and never rebuilt; a recipe without a shipped zoo still builds."""
+    from recon_ft.zoo import build as build_module
+    from recon_ft.zoo import cache
+
+    out, _ = smoke_zoo
+    key = get_recipe("smoke").key
+    shipped = tmp_path / "shipped"
+    import shutil
+
+    shutil.copytree(out, shipped / key)
+    monkeypatch.setattr(cache, "SHIPPED_ROOT", shipped)
+    monkeypatch.setenv("RECON_FT_CACHE", str(tmp_path / "cache"))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a shipped zoo was rebuilt")
+
+    monkeypatch.setattr(build_module, "build_zoo", no_build)
+    directory = ensure_zoo("smoke")
+    assert directory == tmp_path / "cache" / "zoo" / key and not directory.with_name(key + ".partial").exists()
+    for name in ("captioner/model.safetensors", "generator/unet/diffusion_pytorch_model.safetensors", "zoo.json"):
+        assert (directory / name).read_bytes() == (out / name).read_bytes(), name
+    # a shipped directory of another key (a changed recipe) is not used
+    shutil.move(shipped / key, shipped / "smoke-000000000000")
+    monkeypatch.setenv("RECON_FT_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(AssertionError, match="rebuilt"):
+        ensure_zoo("smoke")
+
+
+def test_the_shipped_default_zoo_is_the_default_recipes_and_meets_its_targets():
+    """The package ships the default recipe's zoo (its UNet schedule is too long for a first-use
+    build): the same recipe and key, the commit that built it, safetensors within 30 MB, and the
+    build summary's competence at or above every target."""
+    from recon_ft.zoo.cache import load_record, shipped_dir
+    from recon_ft.zoo.competence import TARGETS
+
+    recipe = RECIPES["default"]
+    directory = shipped_dir(recipe)
+    assert directory is not None, f"recon_ft/zoo/shipped/{recipe.key} is missing"
+    record = load_record(directory)
+    assert record["key"] == recipe.key and record["recipe"] == recipe.to_dict()
+    assert record["commit"] and set(record["versions"]) == {"torch", "transformers", "diffusers"}
+    assert sum(p.stat().st_size for p in directory.rglob("*.safetensors")) <= 30 * 2**20
+    summary = record["competence"]
+    assert all(summary[name] >= target for name, target in TARGETS.items()), summary
+    assert build_blip(pretrained=str(directory / "captioner"), adapter={"mode": "frozen"}) is not None
+
+
 def test_default_run_finetunes_the_zoo_and_summarizes(tmp_path, capsys):
     """The default config (here with the smoke recipe) trains LoRA on the zoo models loaded from
     their directories, validates the base models first, and ends with the run's summary."""

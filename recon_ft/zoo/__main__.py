@@ -1,8 +1,9 @@
 """python -m recon_ft.zoo [--recipe default] [--out DIR] [--threads N]: build a zoo and print its summary.
 
-Without --out the zoo goes to the cache that `${zoo:...}` reads (a second call finds it there), and
-its CLIP (the synthetic benchmark's metric extractor, metrics=zoo) into its own cache directory;
-with --out, the CLIP goes to DIR/clip.
+Without --out the zoo goes to the cache that `${zoo:...}` reads (a second call finds it there; a zoo
+shipped with the package, recon_ft/zoo/shipped, is copied there instead of built), and its CLIP
+(the synthetic benchmark's metric extractor, metrics=zoo) into its own cache directory; --out always
+builds from scratch, and the CLIP goes to DIR/clip.
 
 python -m recon_ft.zoo --family blip2_opt [git ...] | all [--recipe default|smoke] [--out DIR]: build
 (or find) the other families' variants instead (recon_ft.zoo.families), one after the other, each on

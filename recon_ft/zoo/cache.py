@@ -1,10 +1,16 @@
-"""Where zoos live, and building one on first use (once, even with several processes asking)."""
+"""Where zoos live, and building one on first use (once, even with several processes asking).
+
+A zoo whose build is too long for a first use ships with the package (recon_ft/zoo/shipped/<key>,
+written by `python -m recon_ft.zoo --out recon_ft/zoo/shipped/<key>` at the commit its zoo.json
+names): the first use copies it into the cache instead of building it.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +20,9 @@ from recon_ft.zoo.recipe import CLIP_RECIPES, ClipRecipe, ZooRecipe, get_clip_re
 
 # Rough build times on 2 CPU cores, said before a first-use build starts.
 EXPECTED_MINUTES = {"default": 40, "smoke": 0.2}
+
+# The zoos that ship with the package, one directory per recipe key.
+SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 
 
 def cache_root() -> Path:
@@ -42,9 +51,17 @@ def is_built(directory: Path) -> bool:
     return (directory / "zoo.json").is_file()
 
 
+def shipped_dir(recipe: ZooRecipe) -> Path | None:
+    """The package's copy of the zoo of `recipe` (its key, so a changed recipe never finds a stale
+    one), or None."""
+    directory = SHIPPED_ROOT / recipe.key
+    return directory if is_built(directory) else None
+
+
 def ensure_zoo(name: str | None = None) -> Path:
-    """The directory of the zoo of recipe `name` (default: $RECON_FT_ZOO, else "default"), built
-    first if it is absent. Concurrent callers (DDP ranks, parallel runs) wait for one build."""
+    """The directory of the zoo of recipe `name` (default: $RECON_FT_ZOO, else "default"), copied from
+    the package's shipped zoos or else built first if it is absent. Concurrent callers (DDP ranks,
+    parallel runs) wait for one build."""
     recipe = get_recipe(recipe_name(name))
     directory = zoo_dir(recipe)
     if is_built(directory):
@@ -52,6 +69,15 @@ def ensure_zoo(name: str | None = None) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.parent / f"{recipe.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        shipped = shipped_dir(recipe)
+        if not is_built(directory) and shipped is not None:
+            commit = load_record(shipped).get("commit")
+            print(f"Installing the synthetic model zoo '{recipe.name}' shipped with recon_ft into {directory} "
+                  f"(built by `python -m recon_ft.zoo` at commit {commit}) ...", file=sys.stderr, flush=True)
+            partial = directory.with_name(directory.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(shipped, partial)
+            partial.rename(directory)  # whole or absent, as a build
         if not is_built(directory):
             from recon_ft.zoo.build import build_zoo
             from recon_ft.zoo.competence import report
