@@ -1,8 +1,8 @@
 """Where zoos live, and building one on first use (once, even with several processes asking).
 
-A zoo whose build is too long for a first use ships with the package (recon_ft/zoo/shipped/<key>,
-written by `python -m recon_ft.zoo --out recon_ft/zoo/shipped/<key>` at the commit its zoo.json
-names): the first use copies it into the cache instead of building it.
+A zoo whose build is too long for a first use ships with the package (recon_ft/zoo/shipped/<key>:
+a build's captioner/, generator/ and zoo.json, which names the commit that built it); the first
+use copies it into the cache instead of building it. `python -m recon_ft.zoo --out DIR` rebuilds it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def ensure_zoo(name: str | None = None) -> Path:
         if not is_built(directory) and shipped is not None:
             commit = load_record(shipped).get("commit")
             print(f"Installing the synthetic model zoo '{recipe.name}' shipped with recon_ft into {directory} "
-                  f"(built by `python -m recon_ft.zoo` at commit {commit}) ...", file=sys.stderr, flush=True)
+                  f"(built at commit {commit}; `python -m recon_ft.zoo --out DIR` rebuilds it) ...", file=sys.stderr, flush=True)
             partial = directory.with_name(directory.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(shipped, partial)

@@ -56,7 +56,7 @@ class UnetRecipe:
     cross_attention_dim: int = 32
     # 5,000: on 64 val items colour / count were 0.69 / 0.67 after 2,000 steps (cosine over 2,000)
     # and 0.95 / 0.91 after 5,000 (README, "Synthetic model zoo"). Too long for a first-use build on
-    # 2 cores (about 38 minutes), so the package ships this recipe's weights (recon_ft/zoo/shipped).
+    # 2 cores (about 40 minutes), so the package ships this recipe's weights (recon_ft/zoo/shipped).
     steps: int = 5000
     batch_size: int = 32
     lr: float = 1e-3
