@@ -194,18 +194,9 @@ def zero_snr_scheduler_config(prediction_type: str = "v_prediction") -> dict:
     """
     if prediction_type != "v_prediction":
         raise ValueError(f"zero terminal SNR needs prediction_type 'v_prediction', got {prediction_type!r}")
-    return dict(
-        clip_sample=False,
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        rescale_betas_zero_snr=True,
-        timestep_spacing="trailing",
-        set_alpha_to_one=False,
-        steps_offset=1,  # unused by "trailing"; 1 keeps the pipeline from rewriting the config
-        prediction_type=prediction_type,
-    )
+    config = sd_v1_scheduler_config(prediction_type) | dict(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    del config["skip_prk_steps"]  # PNDM's; with "trailing" steps_offset is unused
+    return config
 
 
 def tiny_sdxl_components(sample_size: int = 32, text_dims: tuple[int, int] = (32, 32), time_embed_dim: int = 8):
