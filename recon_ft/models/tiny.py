@@ -199,15 +199,19 @@ def zero_snr_scheduler_config(prediction_type: str = "v_prediction") -> dict:
     return config
 
 
-def tiny_sdxl_components(sample_size: int = 32, text_dims: tuple[int, int] = (32, 32), time_embed_dim: int = 8):
+def tiny_sdxl_components(sample_size: int = 32, text_dims: tuple[int, int] = (32, 32), time_embed_dim: int = 8,
+                         prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
     """Random-init SDXL parts: the tiny SD VAE, two CLIP text encoders (the second with a projection
     giving the pooled embedding) and a UNet with SDXL's "text_time" added conditioning.
+
+    The sampler: SDXL's Euler over SD's betas, or with `zero_terminal_snr` the zoo SD's schedule and
+    DDIM sampler (`zero_snr_scheduler_config`); Euler's sigma is unbounded at alpha_bar = 0.
 
     Cross-attention width = text_dims[0] + text_dims[1] (the two penultimate states concatenated);
     the added embedding takes the pooled text embedding (text_dims[1]) and 6 size / crop numbers
     of time_embed_dim each: projection_class_embeddings_input_dim = text_dims[1] + 6 * time_embed_dim.
     """
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     parts = tiny_sd_components(sample_size, cross_attention_dim=text_dims[0])
@@ -244,9 +248,11 @@ def tiny_sdxl_components(sample_size: int = 32, text_dims: tuple[int, int] = (32
         )
     )
     assert isinstance(parts["text_encoder"], CLIPTextModel)
-    # SDXL's sampler, SD's betas.
-    parts["scheduler"] = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
-    )
+    if zero_terminal_snr:
+        parts["scheduler"] = DDIMScheduler.from_config(zero_snr_scheduler_config(prediction_type))
+    else:  # SDXL's sampler, SD's betas
+        parts["scheduler"] = EulerDiscreteScheduler(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            steps_offset=1, timestep_spacing="leading", prediction_type=prediction_type,
+        )
     return parts

@@ -74,8 +74,7 @@ def summarize(recipe: FamilyRecipe, model) -> dict:
     if recipe.part == "captioner":
         cap = competence.caption_scores(model, val, scenes, CAPTION_KWARGS)
         return {"items": recipe.summary_items, "caption_exact": cap["exact"], "caption": cap}
-    # SD's guidance 7.5: the variants keep SD's noise schedules (their configs set no guidance_scale).
-    gen = competence.generation_scores(model, val, scenes, GENERATION_KWARGS | {"guidance_scale": 7.5})
+    gen = competence.generation_scores(model, val, scenes, GENERATION_KWARGS | {"guidance_scale": model.guidance_scale})
     test = render_split("test", recipe.summary_items, recipe.seed, recipe.render_size)
     return {"items": recipe.summary_items, "gen_colour": gen["colour"], "gen_count": gen["count"], "gen": gen,
             "vae_psnr_test": competence.vae_psnr(model.vae, to_unit_range(test.images, recipe.generator_size))}
