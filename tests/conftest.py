@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -15,7 +16,14 @@ from recon_ft.models.generator import build_stable_diffusion
 # (seconds to build, learns nothing) in a private cache, so they neither wait for nor touch a user's
 # zoo. Set before anything resolves a config; subprocesses (DDP, train.py) inherit both.
 os.environ["RECON_FT_ZOO"] = "smoke"
-os.environ["RECON_FT_CACHE"] = tempfile.mkdtemp(prefix="recon_ft_cache_")
+_CACHE = tempfile.mkdtemp(prefix="recon_ft_cache_")
+os.environ["RECON_FT_CACHE"] = _CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The private cache (the smoke zoo and its variants, tens of MB) goes with the session."""
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
 
 CAPTIONER_ADAPTER = {"mode": "lora", "r": 4, "alpha": 4, "target_modules": r".*text_decoder.*\.(query|value)"}
 UNET_ADAPTER = {"mode": "lora", "r": 4, "alpha": 4, "target_modules": ["to_q", "to_v"]}

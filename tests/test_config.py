@@ -56,8 +56,9 @@ def test_wandb_logger_goes_offline_without_credentials(tmp_path, monkeypatch):
 def test_zoo_builds_summary_samples_as_eval_does():
     """The zoo build's competence summary predicts eval.py's numbers only with eval.py's sampling:
     the zoo generator config's guidance (eval's generation.guidance_scale is null: the model's own)
-    and its step count; the family variants' configs keep SD's 7.5, as their summary assumes."""
+    and its step count; the family variants' configs and builds share the zoo SD's guidance."""
     from recon_ft.zoo.build import GENERATION_KWARGS
+    from recon_ft.zoo.families import GUIDANCE
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("eval")
@@ -65,4 +66,4 @@ def test_zoo_builds_summary_samples_as_eval_does():
     assert cfg.generation.guidance_scale is None
     assert cfg.generator.guidance_scale == GENERATION_KWARGS["guidance_scale"] == 2.0
     assert (cfg.generation.num_inference_steps or 50) == GENERATION_KWARGS["num_inference_steps"]
-    assert all(v.get("guidance_scale", 7.5) == 7.5 for v in variants)
+    assert [v.guidance_scale for v in variants] == [GUIDANCE["guidance_scale"]] * 2 == [2.0] * 2

@@ -40,12 +40,16 @@ def test_keys_are_their_own_and_the_default_zoo_key_is_unchanged():
 
 
 def test_builder_sizes_of_each_family():
-    assert get_family_recipe("blip2_opt").tiny() == dict(image_size=64, patch_size=8, hidden_size=64, num_layers=3,
+    # the default zoo's captioner sizes and generator schedule
+    assert get_family_recipe("blip2_opt").tiny() == dict(image_size=64, patch_size=8, hidden_size=96, num_layers=4,
                                                          language_model="opt", num_query_tokens=8)
     assert get_family_recipe("blip2_t5", "smoke").tiny()["language_model"] == "t5"
     assert get_family_recipe("sd2").tiny() == dict(sample_size=32, cross_attention_dim=32,
-                                                   prediction_type="v_prediction")
-    assert get_family_recipe("sdxl").tiny() == dict(sample_size=32, text_dims=[32, 32], time_embed_dim=8)
+                                                   prediction_type="v_prediction", zero_terminal_snr=True)
+    assert get_family_recipe("sdxl").tiny() == dict(sample_size=32, text_dims=[32, 32], time_embed_dim=8,
+                                                    prediction_type="v_prediction", zero_terminal_snr=True)
+    assert get_family_recipe("git").captioner == RECIPES["default"].captioner
+    assert get_family_recipe("sd2").vae == RECIPES["default"].vae
     assert {f: get_family_recipe(f).part for f in FAMILIES} == {
         "blip2_opt": "captioner", "blip2_t5": "captioner", "git": "captioner", "sd2": "generator",
         "sdxl": "generator"}
@@ -81,7 +85,12 @@ def test_loaded_variants_keep_their_family_traits(built):
     assert sd2.prediction_type == "v_prediction" and sd2.tokenizer.pad_token == "!"
     assert sd2.latent_scale != 0.18215  # the build's own unit-variance scale was saved
     sdxl = build_model(get_family_recipe("sdxl", "smoke"), built["sdxl"] / "generator")
-    assert type(sdxl).__name__ == "StableDiffusionXLGenerator" and sdxl.prediction_type == "epsilon"
+    assert type(sdxl).__name__ == "StableDiffusionXLGenerator" and sdxl.prediction_type == "v_prediction"
+    for generator in (sd2, sdxl):  # the zoo SD's schedule and guidance, through save and load
+        assert type(generator.scheduler).__name__ == "DDIMScheduler"
+        assert generator.scheduler.config.rescale_betas_zero_snr
+        assert float(generator.scheduler.alphas_cumprod[-1]) == 0.0
+        assert generator.guidance_scale == 2.0
     t5 = build_model(get_family_recipe("blip2_t5", "smoke"), built["blip2_t5"] / "captioner")
     assert not t5.decoder_only and t5.prompt == "a picture of "
 
