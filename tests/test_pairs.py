@@ -94,7 +94,8 @@ def test_one_evaluation_item_of_every_zoo_pair(captioner, generator, tmp_path):
 
 def _fake_metrics(value: float) -> dict:
     return {"i2t2i/clip_i_best": value, "i2t2i/best/CIDEr": 2 * value, "t2i2t/clip_text_best": value / 2,
-            "t2i2t/clip_score_best": 10 * value, "caption/CIDEr": 1.0, "data/items": 32.0,
+            "t2i2t/clip_score_best": 10 * value, "caption/CIDEr": 1 + value, "synthetic/gen_colour": value,
+            "data/items": 32.0,
             "extractors/clip": "zoo CLIP", "extractors/random": False}
 
 
@@ -134,6 +135,9 @@ def test_report_from_fabricated_metrics(tmp_path):
     assert "| cap_b | 1.500 | - |" in text  # the best caption's CIDEr; the missing pair is "-"
     assert "| cap_a | 5.000 | 2.500 |" in text  # T2I2T CLIP score
     assert "| cap_b | gen_x | wordpiece -> bpe | 100 | 0.750 | 0.100 | 0.150 |" in text
+    # each model alone: the mean over its finished pairs; keys no run has are left out
+    assert "| captioner | `caption/CIDEr` |\n|---|---:|\n| cap_a | 1.375 |\n| cap_b | 1.750 |" in text
+    assert "| generator | `synthetic/gen_colour` |\n|---|---:|\n| gen_x | 0.625 |\n| gen_y | 0.250 |" in text
     assert "`extractors/clip`: `zoo CLIP`" in text and "![I2T2I best-of-k CLIP-I](pairs/i2t2i_clip_i_best.png)" in text
     page = (tmp_path / "docs" / "pairs" / "report.html").read_text()
     assert "<h1>recon_ft pairing study</h1>" in page and page.count("data:image/png;base64,") == 4

@@ -25,6 +25,14 @@ CSV_METRICS = [
     "caption/CIDEr", "caption/BLEU-4", "synthetic/caption_exact", "gen/clip_score", "gen/clip_i", "gen/FID",
     "synthetic/gen_exact", "data/items",
 ]
+# Each model's own scores, besides the pairs': a matrix cell mixes the two models' competence with how
+# well they understand each other. Keys absent from every run (real data: no synthetic/*) are left out.
+ALONE = {
+    "captioner": ["caption/CIDEr", "synthetic/caption_exact", "synthetic/caption_colour", "synthetic/caption_kind",
+                  "synthetic/caption_count"],
+    "generator": ["gen/clip_score", "gen/clip_i", "synthetic/gen_colour", "synthetic/gen_count",
+                  "synthetic/gen_exact"],
+}
 COVERAGE = ["captioner_style", "generator_style", "src_size", "matched", "fallback", "unmapped"]
 
 
@@ -64,3 +72,20 @@ def extractors(rows: list[dict]) -> dict[str, list]:
             if key.startswith("extractors/") and value not in out.setdefault(key, []):
                 out[key].append(value)
     return out
+
+
+def alone(rows: list[dict], part: str) -> tuple[list[str], list[list]]:
+    """(metric keys, [name, value per key] per model) of one part ("captioner" or "generator"): its own
+    scores, the mean over the finished runs it is in (every run evaluates the same items and seeds,
+    so its own scores repeat across its pairs)."""
+    names = list(dict.fromkeys(r[part] for r in rows))
+    done = [r for r in rows if r["metrics"]]
+    keys = [k for k in ALONE[part] if any(r["metrics"].get(k) is not None for r in done)]
+    table = []
+    for name in names:
+        row = [name]
+        for key in keys:
+            values = [float(r["metrics"][key]) for r in done if r[part] == name and r["metrics"].get(key) is not None]
+            row.append(sum(values) / len(values) if values else None)
+        table.append(row)
+    return keys, table

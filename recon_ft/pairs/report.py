@@ -10,7 +10,11 @@ import json
 import math
 from pathlib import Path
 
-from recon_ft.pairs.collect import COVERAGE, CSV_METRICS, HEADLINE, extractors, matrix
+from recon_ft.pairs.collect import COVERAGE, CSV_METRICS, HEADLINE, alone, extractors, matrix
+
+ALONE_NOTE = ("A matrix cell mixes the two models' own competence with how well they understand each other; "
+              "these are each model's own scores on the same items (captions of the source images; images "
+              "of the source captions), the mean over the runs of its pairs.")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -108,6 +112,11 @@ def markdown(*, command: str, overrides: list[str], machine: dict, rows: list[di
         values = matrix(rows, captioners, generators, keys)
         lines += ["", f"### {label} (`{'` or `'.join(keys)}`)", "", f"![{label}](pairs/{name}.png)", "",
                   markdown_matrix(values, captioners, generators)]
+    lines += ["", "## Each model alone", "", ALONE_NOTE]
+    for part in ("captioner", "generator"):
+        keys, table = alone(rows, part)
+        lines += ["", f"| {part} | " + " | ".join(f"`{k}`" for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+        lines += [f"| {row[0]} | " + " | ".join(_f(v) for v in row[1:]) + " |" for row in table]
     lines += ["", "## Vocabulary bridge coverage per pair", "",
               "Share of the captioner's vocabulary that the bridge maps to a same-text token of the generator's "
               "(matched), to its pieces (fallback), or nowhere (unmapped, special tokens included).", "",
@@ -140,6 +149,10 @@ def html_report(*, command: str, overrides: list[str], machine: dict, rows: list
         sections.append(f"<h3>{html.escape(label)}</h3><div class=\"row\"><div>{_img(images[name])}</div><div>"
                         + _html_table(["captioner \\ generator", *generators],
                                       [[c, *row] for c, row in zip(captioners, values)]) + "</div></div>")
+    sections.append(f"<h3>Each model alone</h3><p>{html.escape(ALONE_NOTE)}</p>")
+    for part in ("captioner", "generator"):
+        keys, table = alone(rows, part)
+        sections.append(_html_table([part, *keys], table))
     sections.append("<h3>Vocabulary bridge coverage</h3>" + _html_table(
         ["captioner", "generator", "tokenizers", "captioner vocabulary", "matched", "fallback", "unmapped"],
         coverage_rows(rows)))
