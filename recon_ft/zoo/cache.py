@@ -111,8 +111,9 @@ def zoo_part(part: str, name: str | None = None) -> str:
     return str(ensure_zoo(name) / part)
 
 
-# Rough build times of the family variants on one core, said before a first-use build starts.
-FAMILY_MINUTES = {"default": 5, "smoke": 0.1}
+# Build minutes of the family variants on one core, said before a first-use build starts: the smoke
+# recipe's, and each family's default recipe's as measured (README, "Other model families in the zoo").
+FAMILY_MINUTES = {"smoke": 0.1, "default": {"blip2_opt": 16, "blip2_t5": 24, "git": 16, "sd2": 28, "sdxl": 45}}
 
 
 def family_dir(recipe: FamilyRecipe) -> Path:
@@ -134,6 +135,7 @@ def ensure_family(family: str, name: str | None = None) -> Path:
             from recon_ft.zoo.family_build import build_family, report
 
             minutes = FAMILY_MINUTES.get(recipe.name)
+            minutes = minutes.get(family) if isinstance(minutes, dict) else minutes
             print(f"Building the zoo's {family} variant '{recipe.name}' into {directory} (first use only"
                   + (f"; about {minutes:g} minutes on one CPU core" if minutes else "") + ") ...",
                   file=sys.stderr, flush=True)
