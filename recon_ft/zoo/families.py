@@ -90,9 +90,9 @@ class FamilyRecipe:
 
 
 # The default zoo's captioner recipe (size, 1,900 steps at batch 64) and generator recipe (its VAE;
-# its UNet at 3,000 of 5,000 steps, unless the family needs more): the previous recipes (hidden 64, 3 layers, 1,000 steps at
-# batch 32; VAE 120 and UNet 400 steps) left the captioners at 0.05-0.23 caption exact and the
-# generators near 0 colour accuracy (README, "Other model families in the zoo").
+# its UNet at 3,000 of 5,000 steps, unless the family needs more). The previous recipes (hidden 64,
+# 3 layers, 1,000 steps at batch 32; VAE 120 and UNet 400 steps) left the captioners at 0.05-0.23
+# caption exact and the generators near 0 colour accuracy.
 _CAPTIONER = CaptionerRecipe()
 # BLIP-2 at lr 1e-3: 300-step probes of the OPT variant (warmup 30, cosine) ended at caption loss
 # 0.67 (lr 3e-3), 0.46 (1e-3) and 0.75 (4e-4); its 1,900-step build at 3e-3 stopped at 0.32, caption
