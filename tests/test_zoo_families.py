@@ -95,6 +95,27 @@ def test_loaded_variants_keep_their_family_traits(built):
     assert not t5.decoder_only and t5.prompt == "a picture of "
 
 
+def test_the_pairs_caption_budget_holds_the_longest_caption():
+    """The family builds' summary and the pairing study caption with 30 positions with the prompt:
+    enough for the benchmark's longest caption (three shapes) in every family's tokens, where eval's
+    BLIP default of 20 cuts it for the byte-level BPE (OPT) and GIT variants."""
+    from recon_ft.data.synthetic import COLOURS, KINDS, SIZES
+    from recon_ft.pairs.plan import DEFAULT_EVAL
+    from recon_ft.zoo.family_build import CAPTION_KWARGS
+
+    assert f"caption.max_length={CAPTION_KWARGS['max_length']}" in DEFAULT_EVAL
+    phrases = [f"a {s} {c} {k}" for s in SIZES for c in COLOURS for k in KINDS]
+    cut_at_20 = set()
+    for family in ("blip2_opt", "blip2_t5", "git"):
+        captioner = build_model(get_family_recipe(family, "smoke"))
+        # tokens to generate: the caption's and its end token (the prompt's are labelled -100)
+        needed = max(int((captioner.tokenize([" left of ".join([p] * 3)]).labels != -100).sum()) for p in phrases)
+        assert needed <= captioner.new_token_range(CAPTION_KWARGS["max_length"], 5)["max_new_tokens"], family
+        if needed > captioner.new_token_range(20, 5)["max_new_tokens"]:
+            cut_at_20.add(family)
+    assert cut_at_20 == {"blip2_opt", "git"}
+
+
 @pytest.mark.parametrize("family", ["git", "sd2"])
 def test_build_is_deterministic(family, built, tmp_path):
     recipe = get_family_recipe(family, "smoke")

@@ -18,12 +18,16 @@ import torch
 from hydra.utils import get_method
 
 from recon_ft.zoo import competence
-from recon_ft.zoo.build import CAPTION_KWARGS, GENERATION_KWARGS
+from recon_ft.zoo.build import CAPTION_KWARGS as ZOO_CAPTION_KWARGS
+from recon_ft.zoo.build import GENERATION_KWARGS
 from recon_ft.zoo.data import render_split, to_unit_range
 from recon_ft.zoo.families import FAMILIES, FamilyRecipe
 from recon_ft.zoo.pretrain import latent_moments, train_captioner, train_unet, train_vae
 
 FROZEN = {"mode": "frozen"}
+# The pairing study's caption lengths (recon_ft.pairs.plan.DEFAULT_EVAL): 30 positions with the
+# prompt, not BLIP's 20, which cut the longest captions of the byte-level BPE and GIT variants.
+CAPTION_KWARGS = ZOO_CAPTION_KWARGS | {"max_length": 30}
 
 
 def builder(recipe: FamilyRecipe):
