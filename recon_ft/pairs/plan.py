@@ -20,8 +20,8 @@ ZOO_CAPTIONERS = ("zoo_blip", "zoo_blip2_opt", "zoo_blip2_t5", "zoo_git")
 ZOO_GENERATORS = ("zoo_sd", "zoo_sd2", "zoo_sdxl")
 # Both analyses on the test split (compositions held out from training), 32 items, k = 5 candidates.
 # Captions up to 30 positions with the prompt (eval's BLIP default is 20): the longest benchmark
-# caption is 16 WordPieces but 19 tokens of the zoo BLIP-2 OPT's byte-level BPE, and with 20 the
-# OPT and GIT variants were cut short on three-shape scenes (recon_ft.zoo.family_build.CAPTION_KWARGS).
+# caption is 16 tokens of the zoo BLIP-2 OPT's byte-level BPE, which 20 allows only 15, so it cut
+# three-shape captions short (recon_ft.zoo.family_build.CAPTION_KWARGS).
 DEFAULT_EVAL = ("split=test", "limit=32", "caption.max_length=30")
 SEPARATOR = "__"
 
