@@ -211,10 +211,10 @@ def tiny_sdxl_components(sample_size: int = 32, text_dims: tuple[int, int] = (32
     the added embedding takes the pooled text embedding (text_dims[1]) and 6 size / crop numbers
     of time_embed_dim each: projection_class_embeddings_input_dim = text_dims[1] + 6 * time_embed_dim.
     """
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    parts = tiny_sd_components(sample_size, cross_attention_dim=text_dims[0])
+    parts = tiny_sd_components(sample_size, text_dims[0], prediction_type, zero_terminal_snr)
     d1, d2 = text_dims
     parts["unet"] = UNet2DConditionModel(
         sample_size=sample_size // 2,
@@ -248,9 +248,7 @@ def tiny_sdxl_components(sample_size: int = 32, text_dims: tuple[int, int] = (32
         )
     )
     assert isinstance(parts["text_encoder"], CLIPTextModel)
-    if zero_terminal_snr:
-        parts["scheduler"] = DDIMScheduler.from_config(zero_snr_scheduler_config(prediction_type))
-    else:  # SDXL's sampler, SD's betas
+    if not zero_terminal_snr:  # SDXL's sampler, SD's betas (tiny_sd_components made the zero-SNR DDIM)
         parts["scheduler"] = EulerDiscreteScheduler(
             num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
             steps_offset=1, timestep_spacing="leading", prediction_type=prediction_type,
