@@ -14,7 +14,7 @@ from recon_ft.cli import run_main  # noqa: E402
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from recon_ft.train import objective, train
+    from recon_ft.training.run import objective, train
 
     # A sweeper (hparams_search=optuna) optimizes the value returned here: cfg.optimized_metric.
     return run_main(lambda c: objective(c, train(c)), cfg)

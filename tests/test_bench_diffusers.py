@@ -10,8 +10,8 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 
-from recon_ft import bench_diffusers as bd
-from recon_ft.train import fit
+from recon_ft.experiments import bench_diffusers as bd
+from recon_ft.training.run import fit
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

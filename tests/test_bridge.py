@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from recon_ft.models.bridge import VocabBridge, detect_style, parse_token
+from recon_ft.method.bridge import VocabBridge, detect_style, parse_token
 from recon_ft.models.tokenizers import bytes_to_unicode
 
 
@@ -295,7 +295,7 @@ def test_real_pair_skateboard_and_the_share_of_tokens_affected(real):
     assert chosen == ["a</w>", "man</w>", "riding</w>", "a</w>", "skate", "board</w>"]
     assert dst.convert_ids_to_tokens(q.argmax(-1)[0].tolist())[-2:] == ["skate</w>", "board</w>"]
     # COCO-style captions: 10 of their 58 tokens start or continue a word that goes on
-    from recon_ft.models.bridge import _SAMPLE_CAPTIONS
+    from recon_ft.method.bridge import _SAMPLE_CAPTIONS
 
     batch = src(_SAMPLE_CAPTIONS, add_special_tokens=False, padding=True, return_tensors="pt")
     assert bridge.nonfinal_share(batch["input_ids"], batch["attention_mask"]) == pytest.approx(10 / 58)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon_ft.models.bridge import VocabBridge, detect_style, parse_token
+from recon_ft.method.bridge import VocabBridge, detect_style, parse_token
 from recon_ft.models.tokenizers import bert_tokenizer, clip_tokenizer
 from recon_ft.models.trained_tokenizers import IMAGE_TOKEN, bytelevel_tokenizer, sentencepiece_tokenizer
 

@@ -4,7 +4,7 @@ Every expected value here is built from primitive torch ops and direct calls of 
 own modules (the VAE, CLIP's text model, the UNet, BLIP's forward) on the same tensors: the noise,
 timesteps and latent sample are re-drawn from the seed in the order the objective documents
 (latent sample, timesteps, noise), the min-SNR weights and the smoothed cross-entropy are written
-out. Nothing on the expected side calls recon_ft.losses, recon_ft.objective or the bridge.
+out. Nothing on the expected side calls recon_ft.method.losses, recon_ft.method.objective or the bridge.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from recon_ft.models.captioner import CLIP_MEAN, CLIP_STD
-from recon_ft.objective import LossConfig, compute_losses
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
+from recon_ft.method.objective import LossConfig, compute_losses
 from tests.conftest import tiny_pair
 
 # Every word is one BLIP token and one CLIP token, so the caption's CLIP ids are its words' ids.

@@ -8,9 +8,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
 from recon_ft.data import (
-    BLIP_MEAN,
-    BLIP_STD,
     BadSampleError,
     CaptionCollate,
     CaptionDataModule,
@@ -23,7 +22,7 @@ from recon_ft.data import (
 from recon_ft.data.fabricate import write_coco_karpathy, write_jsonl, write_nocaps
 from recon_ft.data.synthetic import BACKGROUND
 
-VIEWS = dict(caption_view=dict(size=32, mean=BLIP_MEAN, std=BLIP_STD), generator_view=dict(size=24))
+VIEWS = dict(caption_view=dict(size=32, mean=CLIP_MEAN, std=CLIP_STD), generator_view=dict(size=24))
 
 
 def _all_batches(loader):
@@ -47,7 +46,7 @@ def test_collated_batch_shapes_and_value_ranges():
     background = torch.tensor(BACKGROUND) / 255 * 2 - 1
     assert torch.allclose(gen[0].flatten(1).mode(1).values, background, atol=1e-6)
     # captioner view: normalized with (mean, std), so un-normalizing gives [0, 1] and the background
-    mean, std = torch.tensor(BLIP_MEAN)[:, None, None], torch.tensor(BLIP_STD)[:, None, None]
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
     pixels = batch["image_cap"] * std + mean
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
     assert torch.allclose(pixels[0].flatten(1).mode(1).values, torch.tensor(BACKGROUND) / 255, atol=1e-5)

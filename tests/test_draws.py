@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from recon_ft import losses as L
+from recon_ft.method import losses as L
 
 
 def test_gumbel_softmax_draws_from_the_given_generator():
@@ -34,8 +34,8 @@ def test_gumbel_sample_is_argmax_of_logits_plus_gumbel_noise():
 
 
 def test_the_objective_passes_the_step_generator_to_the_gumbel_draw():
-    from recon_ft.models.bridge import VocabBridge
-    from recon_ft.objective import LossConfig, compute_losses
+    from recon_ft.method.bridge import VocabBridge
+    from recon_ft.method.objective import LossConfig, compute_losses
     from tests.conftest import fake_batch, tiny_pair
 
     captioner, generator = tiny_pair()

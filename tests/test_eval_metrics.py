@@ -15,6 +15,7 @@ import pytest
 import scipy.stats
 import torch
 
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
 from recon_ft.eval import features, metrics, stats
 
 # five images, COCO-style: raw captions with case and punctuation, several references each
@@ -217,7 +218,7 @@ def test_open_clip_features_loads_local_weights(clip, tmp_path):
 
     cfg = features.tiny_clip_config(embed_dim=32, image_size=32)
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
-        "mean": list(features.CLIP_MEAN), "std": list(features.CLIP_STD)}}))
+        "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}))
     save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()},
               str(tmp_path / "open_clip_model.safetensors"))
     loaded = features.open_clip_features(f"local-dir:{tmp_path}")

@@ -183,7 +183,7 @@ def test_jsonl_k1_no_analyses_sample_mode(tmp_path):
 def run_dir(tmp_path_factory):
     """A 2-step training run with large steps (so the adapters matter), alpha != r everywhere and a
     text-encoder LoRA too: loading must get every scale right."""
-    from recon_ft.train import train
+    from recon_ft.training.run import train
 
     run = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):

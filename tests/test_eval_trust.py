@@ -300,7 +300,7 @@ def test_a_real_sweep_ends_with_its_summary(tmp_path):
     import sys
     from pathlib import Path
 
-    from recon_ft.sweep_summary import final_metrics
+    from recon_ft.experiments.sweep_summary import final_metrics
 
     root = Path(__file__).resolve().parents[1]
     sweep = tmp_path / "sweep"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon_ft.frozen_cache import CacheConfig, FrozenCache
-from recon_ft.module import build_frozen_cache
-from recon_ft.objective import LossConfig, compute_losses
+from recon_ft.method.frozen_cache import CacheConfig, FrozenCache
+from recon_ft.training.module import build_frozen_cache
+from recon_ft.method.objective import LossConfig, compute_losses
 from tests.conftest import TEXT_ENCODER_ADAPTER, fake_batch, tiny_pair
 from tests.test_train import compose_train, trainable_state
 
@@ -124,7 +124,7 @@ def test_latents_cache_needs_sample_ids(bridge):
 def test_cached_run_trains_like_an_uncached_one(tmp_path):
     """Two epochs of 4 batches through the real config: the second epoch reads every VAE posterior
     from the cache, and the adapters end where an uncached run's do."""
-    from recon_ft.train import fit
+    from recon_ft.training.run import fit
 
     common = ["data.train.size=16", "trainer.max_steps=8", "trainer.val_check_interval=8"]
     _, plain = fit(compose_train(tmp_path / "plain", *common))

@@ -12,15 +12,15 @@ import pytest
 import torch
 import yaml
 
-from recon_ft import losses as L
+from recon_ft.method import losses as L
 from recon_ft.eval.generation import GenerationSettings, generate_images
 from recon_ft.models.arch import generator_arch
-from recon_ft.models.bridge import VocabBridge
+from recon_ft.method.bridge import VocabBridge
 from recon_ft.models.captioner import build_blip
 from recon_ft.models.generator import build_stable_diffusion
 from recon_ft.models.lora import AdapterSpec, inject_lora, matches_target
 from recon_ft.models.sdxl import SDXLCond, StableDiffusionXLGenerator, build_sdxl
-from recon_ft.objective import LossConfig, compute_losses
+from recon_ft.method.objective import LossConfig, compute_losses
 from tests.conftest import CAPTIONER_ADAPTER, TEXT_ENCODER_ADAPTER, UNET_ADAPTER, fake_batch
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "generator"
@@ -257,7 +257,7 @@ def test_sdxl_lora_file_holds_every_adapted_part(tmp_path):
 
 
 def test_sdxl_text_states_cache_is_refused():
-    from recon_ft.module import build_frozen_cache
+    from recon_ft.training.module import build_frozen_cache
 
     with pytest.raises(ValueError, match="frozen_cache.text_states: not supported for StableDiffusionXLGenerator"):
         build_frozen_cache({"text_states": True}, _tiny("sdxl"))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recon_ft import losses as L
+from recon_ft.method import losses as L
 
 
 def test_caption_loss_hand_computed_and_prompt_excluded():

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from recon_ft.module import OptimConfig, ReconModule, lr_lambda
+from recon_ft.training.module import ReconModule
+from recon_ft.training.optim import OptimConfig, lr_lambda
 from tests.conftest import tiny_pair
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon_ft.objective import LossConfig, compute_losses
+from recon_ft.method.objective import LossConfig, compute_losses
 from tests.conftest import TEXT_ENCODER_ADAPTER, fake_batch, tiny_pair
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from recon_ft.pairs.collect import collect, matrix
-from recon_ft.pairs.coverage import bridge_coverage, pair_coverage
-from recon_ft.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS, check_names, check_settings, pair_dir, plan
-from recon_ft.pairs.report import write_report
+from recon_ft.experiments.pairs.collect import collect, matrix
+from recon_ft.experiments.pairs.coverage import bridge_coverage, pair_coverage
+from recon_ft.experiments.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS, check_names, check_settings, pair_dir, plan
+from recon_ft.experiments.pairs.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO_PAIRS = [(c, g) for c in ZOO_CAPTIONERS for g in ZOO_GENERATORS]
@@ -55,7 +55,7 @@ def test_unknown_config_names_are_named():
 
 
 def test_bridge_coverage_of_every_zoo_pair(tmp_path):
-    from recon_ft.models.bridge import VocabBridge
+    from recon_ft.method.bridge import VocabBridge
     from recon_ft.models.tokenizers import blip_tokenizer, clip_tokenizer
 
     coverage = {(c, g): pair_coverage(c, g, tmp_path / f"{c}__{g}.json") for c, g in ZOO_PAIRS}
@@ -115,7 +115,7 @@ def test_report_from_fabricated_metrics(tmp_path):
                                                                                                    [0.375, None]]
     machine = {"cpu": "test cpu", "cpu_count": 2, "python": "3.11", "versions": {"torch": "x"}, "commit": "abc123",
                "date": "2026-01-01"}
-    md = write_report(command="python -m recon_ft.pairs --captioners cap_a cap_b", overrides=["split=test"],
+    md = write_report(command="python -m recon_ft.experiments.pairs --captioners cap_a cap_b", overrides=["split=test"],
                       machine=machine, rows=rows, captioners=captioners, generators=generators,
                       out_dir=tmp_path / "out", docs=tmp_path / "docs")
     with open(tmp_path / "docs" / "pairs" / "results.csv") as f:
@@ -130,7 +130,7 @@ def test_report_from_fabricated_metrics(tmp_path):
             assert image.size[0] > 200 and image.size[1] > 100
     text = md.read_text()
     assert md == tmp_path / "docs" / "pairs.md"
-    assert "`python -m recon_ft.pairs --captioners cap_a cap_b`" in text and "`abc123`" in text
+    assert "`python -m recon_ft.experiments.pairs --captioners cap_a cap_b`" in text and "`abc123`" in text
     assert "| cap_a | 0.500 | 0.250 |" in text  # I2T2I CLIP-I, captioners x generators
     assert "| cap_b | 1.500 | - |" in text  # the best caption's CIDEr; the missing pair is "-"
     assert "| cap_a | 5.000 | 2.500 |" in text  # T2I2T CLIP score
@@ -144,8 +144,8 @@ def test_report_from_fabricated_metrics(tmp_path):
 
 
 def test_command_runs_a_pair_then_resumes(tmp_path):
-    """python -m recon_ft.pairs end to end on one pair; run again, the finished pair is skipped."""
-    args = [sys.executable, "-m", "recon_ft.pairs", "--captioners", "zoo_git", "--generators", "zoo_sdxl",
+    """python -m recon_ft.experiments.pairs end to end on one pair; run again, the finished pair is skipped."""
+    args = [sys.executable, "-m", "recon_ft.experiments.pairs", "--captioners", "zoo_git", "--generators", "zoo_sdxl",
             "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), "--set", *TINY_EVAL[:-1]]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

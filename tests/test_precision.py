@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from recon_ft.module import ReconModule
+from recon_ft.training.module import ReconModule
 from tests.conftest import fake_batch, tiny_pair
 
 
@@ -88,7 +88,7 @@ class InfGradient(L.Callback):
 def test_nonfinite_gradients_with_a_finite_loss_skip_the_step(module, tmp_path):
     from safetensors.torch import load_file
 
-    from recon_ft.callbacks import ExportAdapters
+    from recon_ft.training.callbacks import ExportAdapters
 
     ok = fake_batch(module.captioner, module.generator)
     snaps = Snapshots()
@@ -124,7 +124,7 @@ class PoisonWeights(L.Callback):
 
 
 def test_nonfinite_weights_are_never_written(module, tmp_path):
-    from recon_ft.callbacks import ExportAdapters, FiniteCheckpoint
+    from recon_ft.training.callbacks import ExportAdapters, FiniteCheckpoint
 
     ok = fake_batch(module.captioner, module.generator)
     saver = FiniteCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import recon_ft.train
-from recon_ft.settings import check_training_config
+import recon_ft.training.run
+from recon_ft.training.settings import check_training_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -45,9 +45,9 @@ def test_numeric_settings_are_checked_before_any_model_is_built(override, messag
     def never(*args, **kwargs):
         raise AssertionError("a model was built before the settings were checked")
 
-    monkeypatch.setattr(recon_ft.train, "build_module", never)
+    monkeypatch.setattr(recon_ft.training.run, "build_module", never)
     with pytest.raises(ValueError) as err:
-        recon_ft.train.fit(compose_train(override))
+        recon_ft.training.run.fit(compose_train(override))
     assert str(err.value) == message
 
 
@@ -60,12 +60,12 @@ def test_a_truncated_checkpoint_is_one_error_naming_the_file(tmp_path, monkeypat
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1000)}, "global_step": 4}, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    monkeypatch.setattr(recon_ft.train, "build_module", lambda cfg: pytest.fail("built before the check"))
+    monkeypatch.setattr(recon_ft.training.run, "build_module", lambda cfg: pytest.fail("built before the check"))
     with pytest.raises(ValueError) as err:
-        recon_ft.train.fit(compose_train(f"ckpt_path={path}"))
+        recon_ft.training.run.fit(compose_train(f"ckpt_path={path}"))
     assert str(err.value) == f"{path}: not a readable checkpoint (truncated, or not written by torch.save)"
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt: checkpoint file not found"):
-        recon_ft.train.fit(compose_train(f"ckpt_path={tmp_path}/nowhere.ckpt"))
+        recon_ft.training.run.fit(compose_train(f"ckpt_path={tmp_path}/nowhere.ckpt"))
 
     from recon_ft.eval.load import load_checkpoint
 

@@ -12,8 +12,8 @@ import lightning as L
 import pytest
 import torch
 
-import recon_ft.module as module_mod
-from recon_ft.module import ReconModule
+import recon_ft.training.module as module_mod
+from recon_ft.training.module import ReconModule
 from tests.conftest import tiny_pair
 
 

@@ -14,10 +14,10 @@ import scipy.stats
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from recon_ft.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
-from recon_ft.study.plan import BASE, load_study, plan, run_dir
-from recon_ft.study.report import answer, headline_metrics, oracle_gate, shows, write_report
-from recon_ft.study.runner import record_runs, threads_per_job
+from recon_ft.experiments.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
+from recon_ft.experiments.study.plan import BASE, load_study, plan, run_dir
+from recon_ft.experiments.study.report import answer, headline_metrics, oracle_gate, shows, write_report
+from recon_ft.experiments.runner import record_runs, threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -193,13 +193,13 @@ def test_report_writes_markdown_csv_json_and_plot(tmp_path):
     meta = {"cpu": "Test CPU", "cpu_count": 2, "python": "3.x", "versions": {"torch": "9"}, "commit": "abc1234",
             "date": "2026-01-01"}
     docs = tmp_path / "docs" / "study.md"
-    payload = write_report(cfg=cfg, command="python -m recon_ft.study", rows=rows, summary=summarize(rows),
+    payload = write_report(cfg=cfg, command="python -m recon_ft.experiments.study", rows=rows, summary=summarize(rows),
                            diffs=differences(rows, "no_cycle"), wall=collect_wall(cfg), oracle=oracle, docs=docs,
                            meta=meta)
     # gen_kind is left out: the oracle reads kinds at 32 px right only 0.9 of the time
     assert payload["headline"] == ["m", "synthetic/gen_colour"] and payload["left_out"] == ["synthetic/gen_kind"]
     text = docs.read_text()
-    assert "`python -m recon_ft.study` at commit `abc1234`" in text and "Test CPU, 2 CPUs" in text
+    assert "`python -m recon_ft.experiments.study` at commit `abc1234`" in text and "Test CPU, 2 CPUs" in text
     assert "| no_cycle | 0.600 ± 0.100 (3) |" in text
     assert "| base | 0.400 (1) |" in text
     assert "`m` (val): no configuration differs significantly from no_cycle" in text
@@ -226,7 +226,7 @@ def test_headline_metrics_without_validation_keep_everything():
 
 def test_optuna_search_composes_and_train_returns_its_objective():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    from recon_ft.train import objective
+    from recon_ft.training.run import objective
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["run_dir=/tmp/x", "hparams_search=optuna"], return_hydra_config=True)
@@ -281,15 +281,15 @@ def test_answer_says_plainly_whether_any_configuration_differs():
 
 
 def test_the_runs_command_and_commit_are_recorded_once_and_reported(tmp_path):
-    first = record_runs(tmp_path, "python -m recon_ft.study --jobs 2")
-    assert record_runs(tmp_path, "python -m recon_ft.study --report-only") == first
-    assert first["command"] == "python -m recon_ft.study --jobs 2"
+    first = record_runs(tmp_path, "python -m recon_ft.experiments.study --jobs 2")
+    assert record_runs(tmp_path, "python -m recon_ft.experiments.study --report-only") == first
+    assert first["command"] == "python -m recon_ft.experiments.study --jobs 2"
     fabricate(tmp_path)
     cfg = study_cfg(tmp_path)
     rows = collect(cfg)
-    write_report(cfg=cfg, command="python -m recon_ft.study --report-only", rows=rows, summary=summarize(rows),
+    write_report(cfg=cfg, command="python -m recon_ft.experiments.study --report-only", rows=rows, summary=summarize(rows),
                  diffs=differences(rows, "no_cycle"), wall=collect_wall(cfg), oracle=[], docs=tmp_path / "s.md",
                  meta={"cpu": "x", "cpu_count": 2, "python": "3", "versions": {}, "commit": "new", "date": "d"})
     text = (tmp_path / "s.md").read_text()
-    assert f"The runs: `python -m recon_ft.study --jobs 2` at commit `{first['commit']}`" in text
+    assert f"The runs: `python -m recon_ft.experiments.study --jobs 2` at commit `{first['commit']}`" in text
     assert "## Answer" in text

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from recon_ft.t_max_probe import markdown, probe, x0_gain
+from recon_ft.experiments.t_max_probe import markdown, probe, x0_gain
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

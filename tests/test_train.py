@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from recon_ft.train import fit
+from recon_ft.training.run import fit
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SYNTHETIC_SMALL = ["data.train.size=48", "data.val.size=8"]

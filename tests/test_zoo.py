@@ -169,7 +169,7 @@ def test_the_shipped_default_zoo_is_the_default_recipes_and_meets_its_targets():
 def test_default_run_finetunes_the_zoo_and_summarizes(tmp_path, capsys):
     """The default config (here with the smoke recipe) trains LoRA on the zoo models loaded from
     their directories, validates the base models first, and ends with the run's summary."""
-    from recon_ft.train import train
+    from recon_ft.training.run import train
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=[

@@ -16,7 +16,8 @@ from recon_ft.data.synthetic import Scene, Shape
 from recon_ft.eval.features import ClipImageFeatures, ClipZeroShotLogits, zoo_clip_features, zoo_clip_fid_features
 from recon_ft.zoo import get_recipe
 from recon_ft.zoo.cache import clip_dir, ensure_clip
-from recon_ft.zoo.clip import build_clip, contrastive_loss, load_clip, perturb
+from recon_ft.zoo.clip import build_clip, contrastive_loss, load_clip
+from recon_ft.zoo.scenes import perturb
 from recon_ft.zoo.recipe import CLIP_RECIPES, get_clip_recipe
 
 

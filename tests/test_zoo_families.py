@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from recon_ft.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS
+from recon_ft.experiments.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS
 from recon_ft.zoo import RECIPES
 from recon_ft.zoo.cache import ensure_family, zoo_part
 from recon_ft.zoo.families import FAMILIES, FAMILY_RECIPES, get_family_recipe
@@ -100,7 +100,7 @@ def test_the_pairs_caption_budget_holds_the_longest_caption():
     room for the benchmark's longest caption (three shapes) and its end token in every family's
     tokens, where eval's BLIP default of 20 cuts the OPT variant's byte-level BPE caption short."""
     from recon_ft.data.synthetic import COLOURS, KINDS, SIZES
-    from recon_ft.pairs.plan import DEFAULT_EVAL
+    from recon_ft.experiments.pairs.plan import DEFAULT_EVAL
     from recon_ft.zoo.family_build import CAPTION_KWARGS
 
     assert f"caption.max_length={CAPTION_KWARGS['max_length']}" in DEFAULT_EVAL
@@ -181,7 +181,7 @@ TRAIN_PAIRS = [(c, g) for c in ZOO_CAPTIONERS for g in ZOO_GENERATORS if (c, g) 
 
 @pytest.mark.parametrize("captioner, generator", TRAIN_PAIRS)
 def test_one_joint_training_step_from_the_zoo_variants(captioner, generator, built, tmp_path):
-    from recon_ft.train import fit
+    from recon_ft.training.run import fit
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=[

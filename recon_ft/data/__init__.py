@@ -24,11 +24,9 @@ from recon_ft.data.synthetic import (
     render,
     score_caption,
 )
-from recon_ft.data.transforms import BLIP_MEAN, BLIP_STD, CaptionerView, GeneratorView
+from recon_ft.data.transforms import CaptionerView, GeneratorView
 
 __all__ = [
-    "BLIP_MEAN",
-    "BLIP_STD",
     "HELDOUT_PAIRS",
     "KARPATHY_SPLITS",
     "NOCAPS_DOMAINS",

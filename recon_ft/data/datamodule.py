@@ -23,7 +23,8 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from recon_ft.data.sampler import EvalShardSampler, ResumableSampler, unpack_key
-from recon_ft.data.transforms import BLIP_MEAN, BLIP_STD, CaptionerView, GeneratorView, as_hw
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
+from recon_ft.data.transforms import CaptionerView, GeneratorView, as_hw
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class CaptionDataModule(LightningDataModule):
         self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
         self.on_bad_sample, self.max_words = on_bad_sample, max_words
         cap = dict(caption_view or {})
-        cap_args = dict(size=cap.pop("size", 384), mean=cap.pop("mean", BLIP_MEAN), std=cap.pop("std", BLIP_STD))
+        cap_args = dict(size=cap.pop("size", 384), mean=cap.pop("mean", CLIP_MEAN), std=cap.pop("std", CLIP_STD))
         augment = cap.pop("augment", "none")
         gen = dict(generator_view or {})
         gen_size = gen.pop("size", 512)

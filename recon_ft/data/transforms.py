@@ -23,9 +23,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-# BLIP (like CLIP) normalizes with these statistics.
-BLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-BLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
+
 AUGMENTS = ("none", "blip")
 
 
@@ -46,8 +45,8 @@ def augment_seed(draw: Sequence[int]) -> int:
 class CaptionerView:
     """PIL RGB image -> (3, H, W) float tensor normalized with (mean, std)."""
 
-    def __init__(self, size: int | Sequence[int] = 384, mean: Sequence[float] = BLIP_MEAN,
-                 std: Sequence[float] = BLIP_STD, augment: str | None = "none"):
+    def __init__(self, size: int | Sequence[int] = 384, mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD, augment: str | None = "none"):
         augment = "none" if augment is None else str(augment)
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")

@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
+
 log = logging.getLogger(__name__)
 
-# open_clip.constants.OPENAI_DATASET_MEAN / _STD (copied: importing open_clip takes seconds)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # the file torch-fidelity (and so torchmetrics' FID) would otherwise download at first use
 INCEPTION_WEIGHTS_URL = (

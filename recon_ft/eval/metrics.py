@@ -321,7 +321,7 @@ def text_similarity(a: Sequence[str], b: Sequence[str], method: str = "sbert", c
     if method != "sbert":
         raise ValueError(f"text_similarity: method must be 'sbert' or 'clip', got {method!r}")
     if sbert is None:
-        from .features import sbert_model
+        from recon_ft.eval.features import sbert_model
 
         sbert = sbert_model()
         if sbert is None:
@@ -352,7 +352,7 @@ def _feature_module(feature, weights_path) -> nn.Module:
     if isinstance(feature, nn.Module):
         return feature
     if isinstance(feature, (int, str)):
-        from .features import fid_feature_extractor
+        from recon_ft.eval.features import fid_feature_extractor
 
         return fid_feature_extractor("inception", weights_path=weights_path, num_features=feature)
     raise TypeError(f"feature must be an nn.Module or an Inception feature width, got {type(feature)}")

@@ -239,7 +239,7 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def _html_table(columns, rows) -> str:
+def html_table(columns, rows) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -249,7 +249,7 @@ def _png_base64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _img(path: Path, css: str = "") -> str:
+def html_img(path: Path, css: str = "") -> str:
     return f'<img src="data:image/png;base64,{_png_base64(path)}" alt="{path.name}"{css}>'
 
 
@@ -261,7 +261,7 @@ def summary_html(metrics: dict[str, Any], grids: list[Path]) -> str:
     if warning:
         parts.append(f'<div class="warning">{html.escape(warning)}</div>')
     head = [(label, key) for label, key in HEADLINE if key in metrics]
-    parts.append(_html_table([label for label, _ in head], [[metrics[key] for _, key in head]]))
+    parts.append(html_table([label for label, _ in head], [[metrics[key] for _, key in head]]))
     titles = {"i2t2i": "I2T2I: caption selections", "t2i2t": "T2I2T: image selections"}
     tables = []
     for analysis, columns in SUMMARY_SELECTIONS.items():
@@ -269,11 +269,11 @@ def summary_html(metrics: dict[str, Any], grids: list[Path]) -> str:
         if columns:
             rows = [[how, *(metrics.get(key.format(how=how)) for _, key in columns)] for how in SELECTIONS]
             tables.append(f"<div><h3>{titles[analysis]}</h3>"
-                          + _html_table(["selection", *(label for label, _ in columns)], rows) + "</div>")
+                          + html_table(["selection", *(label for label, _ in columns)], rows) + "</div>")
     if tables:
         parts.append(f'<div class="row">{"".join(tables)}</div>')
     if grids:
-        parts.append('<div class="row">' + "".join(_img(p, ' class="half"') for p in grids[:SUMMARY_GRIDS])
+        parts.append('<div class="row">' + "".join(html_img(p, ' class="half"') for p in grids[:SUMMARY_GRIDS])
                      + "</div><p class=\"small\">" + GRID_LEGEND + "</p>")
     return "".join(parts)
 
@@ -288,7 +288,7 @@ def write_html(metrics: dict[str, Any], out_dir: Path, grids: list[Path], info: 
     """report.html: one self-contained page (images inline as base64). It opens with one screen of
     summary (summary_html); run info, notes, every table and the remaining grids follow."""
     sections = [f"<h1>recon_ft evaluation</h1><p>{html.escape(str(out_dir))}</p>", summary_html(metrics, grids)]
-    sections.append("<h2>Run</h2>" + _html_table(["", "value"], [[k, json.dumps(v)] for k, v in info.items()]))
+    sections.append("<h2>Run</h2>" + html_table(["", "value"], [[k, json.dumps(v)] for k, v in info.items()]))
     if notes:
         sections.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     groups: dict[str, list[list[Any]]] = {}
@@ -303,13 +303,13 @@ def write_html(metrics: dict[str, Any], out_dir: Path, grids: list[Path], info: 
     for group, rows in sorted(groups.items(), key=lambda g: order.index(g[0]) if g[0] in order else len(order)):
         sections.append(f"<h2>{html.escape(titles.get(group, group))}</h2>")
         if group == "caption" and domains:
-            sections.append("<h3>By NoCaps domain</h3>" + _html_table(*domains))
+            sections.append("<h3>By NoCaps domain</h3>" + html_table(*domains))
         if group in selections:
-            sections.append("<h3>Selections</h3>" + _html_table(*selections[group]))
-        sections.append(_html_table(["metric", "value"], rows))
+            sections.append("<h3>Selections</h3>" + html_table(*selections[group]))
+        sections.append(html_table(["metric", "value"], rows))
     if grids[SUMMARY_GRIDS:]:
         sections.append(f"<h2>More samples</h2><p>{GRID_LEGEND}</p>")
-        sections += [f"<p>{_img(p)}</p>" for p in grids[SUMMARY_GRIDS:]]
+        sections += [f"<p>{html_img(p)}</p>" for p in grids[SUMMARY_GRIDS:]]
     path = out_dir / "report.html"
     path.write_text(html_page("recon_ft evaluation", sections), encoding="utf-8")
     return path

@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see eval.py
 
 import torch  # noqa: E402
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from recon_ft.constants import CONF_DIR  # noqa: E402
 
 
 def i2t2i_items(captioner, generator, clip, batch, settings) -> list[dict]:
@@ -52,7 +52,7 @@ def _slice(batch: dict, i: int) -> dict:
 def measure(overrides: list[str], items: int = 8, rounds: int = 1, device: str = "cpu") -> dict:
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"limit={items}", f"batch_size={items}", *overrides])
     threads = torch.get_num_threads()
     if cfg.get("num_threads"):

@@ -24,15 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
 from recon_ft.utils import is_rank_zero
 from recon_ft.models.attention import set_blip_attention
 from recon_ft.models.lora import AdapterSpec, critic_call, critic_checkpoint_context, unfreeze_modules
 
 log = logging.getLogger(__name__)
 
-# BLIP's image normalization (OpenAI CLIP statistics), as in BlipImageProcessor.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass

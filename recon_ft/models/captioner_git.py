@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
 from recon_ft.models.captioner import (
-    CLIP_MEAN,
-    CLIP_STD,
     Captioner,
     CaptionTokens,
     finish_build,

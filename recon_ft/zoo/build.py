@@ -43,9 +43,9 @@ def build_models(recipe: ZooRecipe, captioner: bool = True, generator: bool = Tr
     )
 
 
-def _captioner_stage(recipe: ZooRecipe, out: Path, threads: int, clip_into=None) -> tuple[list, float]:
+def _captioner_stage(recipe: ZooRecipe, out: Path, threads: int, build_clip=None) -> tuple[list, float, Path | None]:
     """Build, pretrain and save the captioner (runs in its own process in a parallel build); then
-    the CLIP of `clip_into` = (ClipRecipe, directory) if given and not built yet: this process
+    `build_clip` (data -> directory) if given, which builds the zoo CLIP unless it is there: this process
     finishes minutes before the generator's, so the CLIP adds nothing to the build's time."""
     start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -55,11 +55,9 @@ def _captioner_stage(recipe: ZooRecipe, out: Path, threads: int, clip_into=None)
     curve = train_captioner(captioner, data, recipe.captioner, torch.Generator().manual_seed(recipe.seed + 2))
     captioner.save_base(out)
     seconds = round(time.perf_counter() - start, 1)
-    if clip_into is not None:
-        from recon_ft.zoo.cache import build_clip_once
-
-        build_clip_once(*clip_into, data=data)  # the same rendered items when the recipes agree
-    return curve, seconds
+    # the same rendered items when the recipes agree
+    clip_directory = build_clip(data) if build_clip is not None else None
+    return curve, seconds, clip_directory
 
 
 def _generator_stage(recipe: ZooRecipe, out: Path, threads: int) -> tuple[dict, float, dict]:
@@ -82,11 +80,12 @@ def _generator_stage(recipe: ZooRecipe, out: Path, threads: int) -> tuple[dict, 
     return curves, round(time.perf_counter() - start, 1), {"vae": vae_seconds, "latent_scaling_factor": scale}
 
 
-def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = None, clip_into=None) -> dict:
+def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = None, build_clip=None) -> dict:
     """Pretrain and save; returns the contents of zoo.json.
 
-    `clip_into`: (ClipRecipe, directory) of a zoo CLIP to build too (recon_ft.zoo.clip), in its own
-    directory (its own cache key); its validation is copied into zoo.json's "clip".
+    `build_clip`: a picklable callable, data -> directory, that builds a zoo CLIP too
+    (recon_ft.zoo.clip) in its own directory (its own cache key), given the captioner's rendered
+    train split; its validation is copied into zoo.json's "clip".
 
     `parallel` (default: with 2+ CPUs and more than a few steps) trains the captioner in a second
     process while this one trains the generator. Every stage runs on one thread: that makes the
@@ -108,14 +107,14 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                captioner_job = pool.submit(_captioner_stage, recipe, partial / "captioner", 1, clip_into)
+                captioner_job = pool.submit(_captioner_stage, recipe, partial / "captioner", 1, build_clip)
                 generator_result = _generator_stage(recipe, partial / "generator", 1)
                 captioner_result = captioner_job.result()
         else:
-            captioner_result = _captioner_stage(recipe, partial / "captioner", 1, clip_into)
+            captioner_result = _captioner_stage(recipe, partial / "captioner", 1, build_clip)
             generator_result = _generator_stage(recipe, partial / "generator", 1)
         torch.set_num_threads(threads)
-        (captioner_curve, captioner_seconds), (curves, generator_seconds, extra) = captioner_result, generator_result
+        (captioner_curve, captioner_seconds, clip_directory), (curves, generator_seconds, extra) = captioner_result, generator_result
         summary_start = time.perf_counter()
         captioner = build_blip_from(partial / "captioner")
         generator = build_sd_from(partial / "generator")
@@ -144,8 +143,8 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
         "competence": summary,
         "curves": {**curves, "captioner": captioner_curve},
     }
-    if clip_into is not None:
-        clip = json.loads((Path(clip_into[1]) / "clip.json").read_text())
+    if clip_directory is not None:
+        clip = json.loads((Path(clip_directory) / "clip.json").read_text())
         record["clip"] = {"key": clip["key"], "seconds": clip["seconds"], "validation": clip["validation"]}
     (partial / "zoo.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(out_dir, ignore_errors=True)

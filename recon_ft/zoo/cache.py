@@ -8,6 +8,7 @@ use copies it into the cache instead of building it. `python -m recon_ft.zoo --o
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -89,7 +90,8 @@ def ensure_zoo(name: str | None = None) -> Path:
             start = time.perf_counter()
             # The CLIP of the same name is built alongside (after the captioner, in its process).
             clip = CLIP_RECIPES.get(recipe.name)
-            record = build_zoo(recipe, directory, clip_into=(clip, clip_dir(clip)) if clip else None)
+            build_clip = functools.partial(build_clip_once, clip, clip_dir(clip)) if clip else None
+            record = build_zoo(recipe, directory, build_clip=build_clip)
             print(f"zoo built in {(time.perf_counter() - start) / 60:.1f} min\n{report(record['competence'])}",
                   file=sys.stderr, flush=True)
     return directory

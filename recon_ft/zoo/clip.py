@@ -10,7 +10,6 @@ SimpleTokenizer (CLIP's BPE, shipped with open_clip) with the recipe's context l
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -19,10 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recon_ft.data.synthetic import COLOURS, KINDS, MAX_OBJECTS, SIZES, Scene, Shape, captions, parse_caption
-from recon_ft.zoo.data import RenderedSplit, render_split
+from recon_ft.data.synthetic import captions, parse_caption
+from recon_ft.zoo.clip_check import report, validate_clip
+from recon_ft.zoo.data import RenderedSplit, clip_normalize, render_split
 from recon_ft.zoo.pretrain import Curve, _loop, warmup_cosine
 from recon_ft.zoo.recipe import ClipRecipe
+from recon_ft.zoo.scenes import perturb, pick
 
 
 def build_clip_model(config: dict, seed: int | None = None):
@@ -35,34 +36,6 @@ def build_clip_model(config: dict, seed: int | None = None):
             torch.default_generator.manual_seed(seed)
         model = CLIP(**config)
     return model, SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
-
-
-# ------------------------------------------------------------------------------- hard negatives
-
-
-def _pick(options, rng: torch.Generator):
-    return options[int(torch.randint(len(options), (1,), generator=rng))]
-
-
-def random_shape(rng: torch.Generator) -> Shape:
-    return Shape(kind=_pick(KINDS, rng), colour=_pick(list(COLOURS), rng), size=_pick(SIZES, rng))
-
-
-def perturb(scene: Scene, attribute: str, rng: torch.Generator) -> Scene:
-    """`scene` with one attribute changed: one object's colour / kind / size to another value, or
-    the count (one object added at a random place, or one removed)."""
-    objects = list(scene.objects)
-    if attribute == "count":
-        if len(objects) == MAX_OBJECTS or (len(objects) > 1 and int(torch.randint(2, (1,), generator=rng))):
-            del objects[int(torch.randint(len(objects), (1,), generator=rng))]
-        else:
-            objects.insert(int(torch.randint(len(objects) + 1, (1,), generator=rng)), random_shape(rng))
-        return Scene(tuple(objects))
-    values = {"colour": list(COLOURS), "kind": list(KINDS), "size": list(SIZES)}[attribute]
-    i = int(torch.randint(len(objects), (1,), generator=rng))
-    old = getattr(objects[i], attribute)
-    objects[i] = dataclasses.replace(objects[i], **{attribute: _pick([v for v in values if v != old], rng)})
-    return Scene(tuple(objects))
 
 
 # ------------------------------------------------------------------------------------- training
@@ -117,28 +90,20 @@ def train_clip(model, tokenizer, data: RenderedSplit, r: ClipRecipe, rng: torch.
         scenes = [parse_caption(data.references[i][0]) for i in index.tolist()]
         text_scenes = list(scenes)
         if r.hard_negatives:
-            negatives = [perturb(s, _pick(attributes, rng), rng) for s in scenes]
-            texts = texts + [_pick(captions(s), rng) for s in negatives]
+            negatives = [perturb(s, pick(attributes, rng), rng) for s in scenes]
+            texts = texts + [pick(captions(s), rng) for s in negatives]
             text_scenes += negatives
         ids = {s: i for i, s in enumerate(dict.fromkeys(text_scenes))}  # scene -> an integer, for the mask
         text_ids = torch.tensor([ids[s] for s in text_scenes])
         positives = text_ids[: len(scenes)].unsqueeze(1) == text_ids.unsqueeze(0)  # (B, T)
         # CLIP's own input convention: [0, 1] images normalized by CLIP's mean / std (as ClipFeatures does)
-        image = model.encode_image(_clip_normalize((x + 1) / 2), normalize=True)
+        image = model.encode_image(clip_normalize((x + 1) / 2), normalize=True)
         text = model.encode_text(tokenize(texts), normalize=True)
         return contrastive_loss(image, text, model.logit_scale.exp().clamp(max=100), positives)
 
     curve = _loop("zoo: CLIP", r.steps, params, optimizer, scheduler, step_loss)
     model.requires_grad_(False).eval()
     return curve
-
-
-def _clip_normalize(images: torch.Tensor) -> torch.Tensor:
-    from recon_ft.eval.features import CLIP_MEAN, CLIP_STD
-
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images.clamp(0, 1) - mean) / std
 
 
 # --------------------------------------------------------------------------------- build, load
@@ -148,8 +113,6 @@ def build_clip(recipe: ClipRecipe, out_dir: str | Path, data: RenderedSplit | No
     """Train, validate and save the CLIP on one thread (the weights depend on the recipe alone);
     returns clip.json's content. `data`: the recipe's rendered train split, if the caller has it."""
     from safetensors.torch import save_file
-
-    from recon_ft.zoo.clip_check import report, validate_clip
 
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")

@@ -12,42 +12,19 @@ resolution eval.py feeds it, so that a CLIPScore or CLIP-I from it means somethi
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from recon_ft.data.synthetic import COLOURS, KINDS, MAX_OBJECTS, SIZES, Scene, Shape, captions, parse_caption
-from recon_ft.zoo.data import render_split, to_unit_range
+from recon_ft.data.synthetic import captions, parse_caption
+from recon_ft.zoo.data import clip_normalize, render_split, to_unit_range
 from recon_ft.zoo.recipe import ClipRecipe
-
-
-def _variants(scene: Scene, attribute: str, rng: torch.Generator) -> list[Scene]:
-    """The scenes that differ from `scene` in `attribute` only (see the module's docstring)."""
-    from recon_ft.zoo.clip import random_shape
-
-    objects = list(scene.objects)
-    if attribute == "count":
-        out = []
-        if len(objects) > 1:  # one object removed
-            drop = int(torch.randint(len(objects), (1,), generator=rng))
-            out.append(Scene(tuple(o for j, o in enumerate(objects) if j != drop)))
-        if len(objects) < MAX_OBJECTS:  # one object added
-            at = int(torch.randint(len(objects) + 1, (1,), generator=rng))
-            out.append(Scene(tuple(objects[:at] + [random_shape(rng)] + objects[at:])))
-        return out
-    values = {"colour": list(COLOURS), "kind": list(KINDS), "size": list(SIZES)}[attribute]
-    i = int(torch.randint(len(objects), (1,), generator=rng))
-    return [Scene(tuple(dataclasses.replace(o, **{attribute: v}) if j == i else o for j, o in enumerate(objects)))
-            for v in values if v != getattr(objects[i], attribute)]
+from recon_ft.zoo.scenes import variants
 
 
 @torch.no_grad()
 def validate_clip(model, tokenizer, recipe: ClipRecipe) -> dict:
-    from recon_ft.zoo.clip import _clip_normalize
-
     val = render_split("val", recipe.val_items, recipe.seed, recipe.render_size)
     images = (to_unit_range(val.images, recipe.image_size) + 1) / 2  # (N, 3, S, S) in [0, 1]
-    image = torch.cat([model.encode_image(_clip_normalize(x), normalize=True) for x in images.split(64)])  # (N, D)
+    image = torch.cat([model.encode_image(clip_normalize(x), normalize=True) for x in images.split(64)])  # (N, D)
     truth = [refs[0] for refs in val.references]
     scenes = [parse_caption(t) for t in truth]
 
@@ -67,7 +44,7 @@ def validate_clip(model, tokenizer, recipe: ClipRecipe) -> dict:
     for attribute in ("colour", "kind", "size", "count"):
         correct = []
         for i, scene in enumerate(scenes):
-            candidates = encode([truth[i]] + [captions(v)[0] for v in _variants(scene, attribute, rng)])
+            candidates = encode([truth[i]] + [captions(v)[0] for v in variants(scene, attribute, rng)])
             correct.append(int((candidates @ image[i]).argmax()) == 0)
         out[f"zero_shot_{attribute}"] = sum(correct) / len(correct)
 

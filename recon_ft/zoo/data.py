@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon_ft.constants import CLIP_MEAN, CLIP_STD
 from recon_ft.data.synthetic import captions, generate
 
 
@@ -49,3 +50,10 @@ def render_split(split: str, n: int, seed: int, size: int) -> RenderedSplit:
         images[i] = pixels
         references.append(captions(scene))
     return RenderedSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), references)
+
+
+def clip_normalize(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1], (B, 3, S, S) -> the CLIP encoder's normalised input."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images.clamp(0, 1) - mean) / std

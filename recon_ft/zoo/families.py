@@ -1,7 +1,7 @@
 """The zoo's small variant of every other model family: recipes, each with its own cache key.
 
 The default zoo (recipe.py) holds BLIP and Stable Diffusion 1.x; the pairing study
-(recon_ft.pairs) needs one competent model of every family, pretrained on the benchmark the same
+(recon_ft.experiments.pairs) needs one competent model of every family, pretrained on the benchmark the same
 way: captioners BLIP-2 with an OPT-style (decoder-only) or a Flan-T5-style (encoder-decoder) language
 model over the offline tokenizers of those kinds, and GIT over BERT's WordPiece; generators SD 2.x
 (v-prediction, "!" padding) and SDXL (two text encoders, pooled embedding, size / crop ids).

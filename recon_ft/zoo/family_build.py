@@ -25,7 +25,7 @@ from recon_ft.zoo.families import FAMILIES, FamilyRecipe
 from recon_ft.zoo.pretrain import latent_moments, train_captioner, train_unet, train_vae
 
 FROZEN = {"mode": "frozen"}
-# The pairing study's caption lengths (recon_ft.pairs.plan.DEFAULT_EVAL): 30 positions with the
+# The pairing study's caption lengths (recon_ft.experiments.pairs.plan.DEFAULT_EVAL): 30 positions with the
 # prompt, not BLIP's 20, which cut the OPT variant's longest captions (byte-level BPE) short.
 CAPTION_KWARGS = ZOO_CAPTION_KWARGS | {"max_length": 30}
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recon_ft.data.synthetic import COLOURS, KINDS, SIZES
-from recon_ft.losses import add_noise, diffusion_target
+from recon_ft.method.losses import add_noise, diffusion_target
 from recon_ft.zoo.data import RenderedSplit, to_unit_range
 from recon_ft.zoo.recipe import CaptionerRecipe, UnetRecipe, VaeRecipe
 

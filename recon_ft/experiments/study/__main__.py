@@ -1,4 +1,4 @@
-"""python -m recon_ft.study [conf/study/cycle.yaml] [--jobs N] [--set key=value ...] [--report-only]
+"""python -m recon_ft.experiments.study [conf/study/cycle.yaml] [--jobs N] [--set key=value ...] [--report-only]
 
 Plans every (configuration, seed) run of the study config, runs what is not done yet (train.py then
 eval.py per split, as subprocesses; an interrupted study continues where it stopped), validates the
@@ -15,14 +15,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from recon_ft.constants import CONF_DIR, PROJECT_ROOT
 from recon_ft.data.oracle import validate_oracle
-from recon_ft.study.aggregate import collect, collect_wall, differences, summarize
-from recon_ft.study.plan import load_study, plan
-from recon_ft.study.report import write_report
-from recon_ft.study.runner import record_runs, run_all, threads_per_job
+from recon_ft.experiments.study.aggregate import collect, collect_wall, differences, summarize
+from recon_ft.experiments.study.plan import load_study, plan
+from recon_ft.experiments.study.report import write_report
+from recon_ft.experiments.runner import record_runs, run_all, threads_per_job
 
-ROOT = Path(__file__).resolve().parents[2]  # train.py and eval.py live here
-log = logging.getLogger("recon_ft.study")
+log = logging.getLogger("recon_ft.experiments.study")
 
 
 def oracle_validation(cfg) -> list[dict]:
@@ -35,8 +35,8 @@ def oracle_validation(cfg) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recon_ft.study", description=__doc__.split("\n\n")[1])
-    parser.add_argument("config", nargs="?", default=str(ROOT / "conf" / "study" / "cycle.yaml"))
+    parser = argparse.ArgumentParser(prog="python -m recon_ft.experiments.study", description=__doc__.split("\n\n")[1])
+    parser.add_argument("config", nargs="?", default=str(CONF_DIR / "study" / "cycle.yaml"))
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (the cores are shared out)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="change the study config, e.g. seeds=[0] out_dir=/tmp/study")
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             for step in chain.todo:
                 print(shlex.join(step.command))
         return 0
-    command = "python -m recon_ft.study " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m recon_ft.experiments.study " + shlex.join(sys.argv[1:] if argv is None else argv)
     if not args.report_only and any(c.todo for c in chains):
         record_runs(Path(cfg.out_dir), command.strip())
-    failures = [] if args.report_only else run_all(chains, args.jobs, threads, ROOT)
+    failures = [] if args.report_only else run_all(chains, args.jobs, threads, PROJECT_ROOT)
     rows = collect(cfg)
     if not rows:
         log.error("no finished evaluation under %s: nothing to report", cfg.out_dir)

@@ -1,6 +1,6 @@
 """How informative, and how strong, the text cycle is at each timestep: the evidence for `loss.t_max`.
 
-    python -m recon_ft.t_max_probe [--items 64] [--out docs/t_max_probe.md]
+    python -m recon_ft.experiments.t_max_probe [--items 64] [--out docs/t_max_probe.md]
 
 On the zoo's models (frozen, no adapters) and val items of the synthetic benchmark, for each t:
   - the captioner's loss of the right caption on the decoded x0 prediction D(z0_hat(t)), and of
@@ -27,7 +27,7 @@ TIMESTEPS = (25, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 def probe(items: int = 64, seed: int = 0, timesteps=TIMESTEPS) -> list[dict]:
     import torch
 
-    from recon_ft.losses import add_noise, predict_x0
+    from recon_ft.method.losses import add_noise, predict_x0
     from recon_ft.models.captioner import build_blip
     from recon_ft.models.generator import build_stable_diffusion
     from recon_ft.zoo import zoo_part
@@ -70,7 +70,7 @@ def probe(items: int = 64, seed: int = 0, timesteps=TIMESTEPS) -> list[dict]:
 
 
 def x0_gain(alpha_bar: float, prediction_type: str) -> float:
-    """d z0_hat / d prediction of recon_ft.losses.predict_x0 (per element)."""
+    """d z0_hat / d prediction of recon_ft.method.losses.predict_x0 (per element)."""
     if prediction_type == "epsilon":
         return math.sqrt((1 - alpha_bar) / alpha_bar) if alpha_bar > 0 else math.inf
     return math.sqrt(1 - alpha_bar)
@@ -95,7 +95,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recon_ft.t_max_probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m recon_ft.experiments.t_max_probe", description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

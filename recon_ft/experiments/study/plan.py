@@ -12,36 +12,13 @@ Each finished step also gets wall.json: {"seconds": wall time of its subprocess}
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from recon_ft.experiments.runner import Chain, Step
+
 BASE = "base"  # the reference row: the zoo's base models, not finetuned
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str  # e.g. "no_cycle/seed0/train"
-    command: tuple[str, ...]
-    out_dir: Path
-    done_file: str  # summary.json or metrics.json, inside out_dir
-
-    @property
-    def done(self) -> bool:
-        return (self.out_dir / self.done_file).is_file()
-
-
-@dataclass(frozen=True)
-class Chain:
-    """Steps that run one after another (a run's train, then its evaluations)."""
-    config: str
-    seed: int | None
-    steps: tuple[Step, ...] = field(default_factory=tuple)
-
-    @property
-    def todo(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if not s.done)
 
 
 def load_study(path: str | Path):

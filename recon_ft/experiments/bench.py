@@ -1,4 +1,4 @@
-"""Throughput and memory of the joint objective: `python -m recon_ft.bench --size tiny|real`.
+"""Throughput and memory of the joint objective: `python -m recon_ft.experiments.bench --size tiny|real`.
 
 One process builds one captioner + generator pair and measures, on the same models and batches:
 
@@ -61,8 +61,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from recon_ft.frozen_cache import FrozenCache
-from recon_ft.objective import LossConfig, compute_losses
+from recon_ft.method.frozen_cache import FrozenCache
+from recon_ft.method.objective import LossConfig, compute_losses
 from recon_ft.zoo.recipe import RECIPES
 
 # -- what is measured ------------------------------------------------------------------------------
@@ -476,7 +476,7 @@ def measure(phase: Phase, device: torch.device, fn) -> Phase:
 def build_module(size: SizePreset, gradient_checkpointing: bool = False, init_seed: int = 0):
     from recon_ft.models.captioner import build_blip
     from recon_ft.models.generator import build_stable_diffusion
-    from recon_ft.module import ReconModule
+    from recon_ft.training.module import ReconModule
 
     captioner = build_blip(adapter=CAPTIONER_ADAPTER, init_seed=init_seed, **size.captioner)
     generator = build_stable_diffusion(unet_adapter=UNET_ADAPTER, init_seed=init_seed, **size.generator)
@@ -929,7 +929,7 @@ def write(result: dict, out: str | Path) -> Path:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m recon_ft.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recon_ft.experiments.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per phase (size preset's default)")
@@ -958,7 +958,7 @@ def main(argv=None) -> dict:
         seed=args.seed,
         threads=args.threads,
     )
-    result["config"]["command"] = " ".join(["python -m recon_ft.bench", *(sys.argv[1:] if argv is None else argv)])
+    result["config"]["command"] = " ".join(["python -m recon_ft.experiments.bench", *(sys.argv[1:] if argv is None else argv)])
     out = write(result, args.out)
     print(markdown(result))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")

@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from recon_ft.study.plan import Chain, Step
+from recon_ft.constants import CONF_DIR
+from recon_ft.experiments.runner import Chain, Step
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 ZOO_CAPTIONERS = ("zoo_blip", "zoo_blip2_opt", "zoo_blip2_t5", "zoo_git")
 ZOO_GENERATORS = ("zoo_sd", "zoo_sd2", "zoo_sdxl")
 # Both analyses on the test split (compositions held out from training), 32 items, k = 5 candidates.
@@ -34,7 +34,7 @@ def pair_dir(out_dir: Path, captioner: str, generator: str) -> Path:
     return Path(out_dir) / "runs" / pair_name(captioner, generator)
 
 
-def check_names(group: str, names: list[str], conf: Path = CONF) -> None:
+def check_names(group: str, names: list[str], conf: Path = CONF_DIR) -> None:
     """Every name a config of conf/<group>/, else one line naming the option and what exists."""
     known = sorted(p.stem for p in (conf / group).glob("*.yaml"))
     unknown = [n for n in names if n not in known]

@@ -1,2 +1,2 @@
 """The cycle-term study: every configuration x seed finetuned and evaluated, then aggregated into a
-report (python -m recon_ft.study; conf/study/cycle.yaml)."""
+report (python -m recon_ft.experiments.study; conf/study/cycle.yaml)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recon_ft.pairs.plan import pair_dir
+from recon_ft.experiments.pairs.plan import pair_dir
 
 # The matrix report's headline metrics: (file name, label, metrics.json keys in order of preference).
 # T2I2T's text similarity is SBERT or the CLIP text tower (metrics.text_similarity): whichever the run wrote.

@@ -4,22 +4,18 @@ headline.png (mean +- std per configuration, val and test)."""
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 
-from recon_ft.study.aggregate import ALPHA, METHOD, sign_count
-from recon_ft.study.plan import BASE
-from recon_ft.utils import git_commit
+from recon_ft.experiments.machine import machine
+from recon_ft.experiments.study.aggregate import ALPHA, METHOD, sign_count
+from recon_ft.experiments.study.plan import BASE
 
 # A generated-image metric is reported only if the oracle reads its attribute from rendered images.
 ORACLE_ATTRIBUTE = {"synthetic/gen_count": "count", "synthetic/gen_colour": "colour", "synthetic/gen_exact": "exact",
                     "synthetic/gen_kind": "kind", "synthetic/gen_size": "size",
                     "synthetic/gen_scene_exact": "scene_exact"}
-LIBRARIES = ("torch", "lightning", "diffusers", "transformers", "peft")
 
 
 def headline_metrics(wanted: list[str], oracle: dict | None) -> tuple[list[str], list[str]]:
@@ -29,25 +25,6 @@ def headline_metrics(wanted: list[str], oracle: dict | None) -> tuple[list[str],
     ok = set(oracle["validated"])
     keep = [m for m in wanted if ORACLE_ATTRIBUTE.get(m, None) is None or ORACLE_ATTRIBUTE[m] in ok]
     return keep, [m for m in wanted if m not in keep]
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for lib in LIBRARIES:
-        try:
-            versions[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            versions[lib] = None
-    return {"cpu": model or platform.processor(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "versions": versions, "commit": git_commit(), "date": datetime.date.today().isoformat()}
 
 
 def _f(value, digits=3) -> str:

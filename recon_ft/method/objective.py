@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from recon_ft import losses as L
-from recon_ft.frozen_cache import FrozenCache
+from recon_ft.method import losses as L
+from recon_ft.method.frozen_cache import FrozenCache
 from recon_ft.utils import dataclass_from, expect
 
 
@@ -81,7 +81,7 @@ def compute_losses(
     `rng` draws the latent sample, timesteps and noise: the trainer passes one seeded by the batch's
     position (exact resume), validation a fixed one (comparable losses). `cache` (training only)
     looks up the VAE posteriors of `batch["id"]` and the text-encoder states of the captions
-    instead of recomputing them, where it holds them (recon_ft.frozen_cache).
+    instead of recomputing them, where it holds them (recon_ft.method.frozen_cache).
     """
     w = cfg.weights(batch_idx)
     captions = batch["caption"]

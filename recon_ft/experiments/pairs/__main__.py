@@ -1,4 +1,4 @@
-"""python -m recon_ft.pairs [--captioners ...] [--generators ...] [--jobs N] [--set eval overrides] [--out DIR] [--docs DIR]
+"""python -m recon_ft.experiments.pairs [--captioners ...] [--generators ...] [--jobs N] [--set eval overrides] [--out DIR] [--docs DIR]
 
 Runs eval.py's I2T2I and T2I2T analyses for every captioner x generator pair given (config names of
 conf/captioner/ and conf/generator/; default: the synthetic zoo's variant of every family), as
@@ -15,33 +15,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from recon_ft.pairs.collect import collect
-from recon_ft.pairs.coverage import pair_coverage
-from recon_ft.pairs.plan import (DEFAULT_EVAL, ZOO_CAPTIONERS, ZOO_GENERATORS, check_names, check_settings, pair_dir,
+from recon_ft.constants import PROJECT_ROOT
+from recon_ft.experiments.pairs.collect import collect
+from recon_ft.experiments.pairs.coverage import pair_coverage
+from recon_ft.experiments.pairs.plan import (DEFAULT_EVAL, ZOO_CAPTIONERS, ZOO_GENERATORS, check_names, check_settings, pair_dir,
                                  plan)
-from recon_ft.pairs.report import write_report
-from recon_ft.study.runner import run_all, threads_per_job
+from recon_ft.experiments.pairs.report import write_report
+from recon_ft.experiments.machine import machine
+from recon_ft.experiments.runner import run_all, threads_per_job
 
-ROOT = Path(__file__).resolve().parents[2]  # eval.py lives here
-log = logging.getLogger("recon_ft.pairs")
-
-
-def machine() -> dict:
-    from recon_ft.study.report import machine as study_machine
-
-    info = study_machine()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    except Exception:  # noqa: BLE001 - the report names the machine as far as it can
-        pass
-    return info
+log = logging.getLogger("recon_ft.experiments.pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recon_ft.pairs", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m recon_ft.experiments.pairs", description=__doc__.split("\n\n")[1])
     parser.add_argument("--captioners", nargs="+", default=list(ZOO_CAPTIONERS), metavar="NAME")
     parser.add_argument("--generators", nargs="+", default=list(ZOO_GENERATORS), metavar="NAME")
     parser.add_argument("--jobs", type=int, default=1, help="pairs evaluated at a time (the cores are shared out)")
@@ -75,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             check_settings(out, args.set)
         except ValueError as exc:
             parser.error(str(exc))
-        failures = run_all(chains, args.jobs, threads, ROOT)
+        failures = run_all(chains, args.jobs, threads, PROJECT_ROOT)
     for c in args.captioners:
         for g in args.generators:
             if (pair_dir(out, c, g) / "metrics.json").is_file():
@@ -87,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(r["metrics"] for r in rows):
         log.error("no finished pair under %s: nothing to report", out)
         return 1
-    command = "python -m recon_ft.pairs " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m recon_ft.experiments.pairs " + shlex.join(sys.argv[1:] if argv is None else argv)
     path = write_report(command=command.strip(), overrides=list(args.set), machine=machine(), rows=rows,
                         captioners=args.captioners, generators=args.generators, out_dir=out, docs=docs)
     log.info("report: %s", path)

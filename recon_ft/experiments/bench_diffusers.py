@@ -1,6 +1,6 @@
 """Generator-only training, ours against diffusers' own LoRA text-to-image example, side by side.
 
-    python -m recon_ft.bench_diffusers --script path/to/diffusers/examples/text_to_image/train_text_to_image_lora.py
+    python -m recon_ft.experiments.bench_diffusers --script path/to/diffusers/examples/text_to_image/train_text_to_image_lora.py
 
 Both programs train the same LoRA (rank 16, alpha 16, on to_q / to_k / to_v / to_out.0 of the
 UNet) with L_gen only, on the same tiny Stable Diffusion pipeline saved to disk and the same
@@ -34,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from recon_ft.constants import PROJECT_ROOT
+
 RANK = 16  # conf/generator/tiny_sd.yaml's UNet adapter (the example sets lora_alpha = rank)
 LEARNING_RATE = 1e-4
 WEIGHT_DECAY = 1e-2  # the example's default, and optim.generator.weight_decay of conf/train.yaml
@@ -64,7 +65,7 @@ def prepare(workdir: Path, n_images: int = 64, seed: int = 0) -> dict:
 
 def ours_command(prep: dict, steps: int, batch_size: int, out: Path, device: str = "cpu") -> list[str]:
     return [
-        sys.executable, str(ROOT / "train.py"),
+        sys.executable, str(PROJECT_ROOT / "train.py"),
         f"run_dir={out}",
         f"trainer={'gpu' if device == 'cuda' else 'cpu'}",
         f"trainer.max_steps={steps}",
@@ -140,7 +141,7 @@ def _launch(command: list[str], env: dict, log_path: Path, stamps_path: Path, cp
     log = log_path.open("w")
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
     proc = subprocess.Popen(command, env={**env, "RECON_FT_STEP_TIMES": str(stamps_path)}, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=pin)
+                            stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, preexec_fn=pin)
     return proc, log
 
 
@@ -201,7 +202,7 @@ def compare(script: Path, workdir: Path, steps: int, warmup: int, batch_size: in
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "WANDB_MODE": "disabled",
-        "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(hook), str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -290,7 +291,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m recon_ft.bench_diffusers")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m recon_ft.experiments.bench_diffusers")
     parser.add_argument("--script", type=Path, required=True, help="diffusers' train_text_to_image_lora.py")
     parser.add_argument("--workdir", type=Path, default=None, help="where pipeline, data and runs go (default: temporary)")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run")

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from recon_ft.pairs.collect import COVERAGE, CSV_METRICS, HEADLINE, alone, extractors, matrix
+from recon_ft.experiments.pairs.collect import COVERAGE, CSV_METRICS, HEADLINE, alone, extractors, matrix
 
 ALONE_NOTE = ("A matrix cell mixes the two models' own competence with how well they understand each other; "
               "these are each model's own scores on the same items (captions of the source images; images "
@@ -138,27 +138,27 @@ def markdown(*, command: str, overrides: list[str], machine: dict, rows: list[di
 def html_report(*, command: str, overrides: list[str], machine: dict, rows: list[dict], captioners: list[str],
                 generators: list[str], images: dict[str, Path]) -> str:
     """The report as one page in eval's report.html format (its tables, inline images and style)."""
-    from recon_ft.eval.report import _html_table, _img, html_page
+    from recon_ft.eval.report import html_img, html_page, html_table
 
     sections = ["<h1>recon_ft pairing study</h1>",
-                _html_table(["", "value"], [["command", command], ["eval overrides", " ".join(overrides)],
+                html_table(["", "value"], [["command", command], ["eval overrides", " ".join(overrides)],
                                             *([k, json.dumps(v)] for k, v in machine.items())])]
     sections.append("<h2>Pairs</h2>")
     for name, label, keys in HEADLINE:
         values = matrix(rows, captioners, generators, keys)
-        sections.append(f"<h3>{html.escape(label)}</h3><div class=\"row\"><div>{_img(images[name])}</div><div>"
-                        + _html_table(["captioner \\ generator", *generators],
+        sections.append(f"<h3>{html.escape(label)}</h3><div class=\"row\"><div>{html_img(images[name])}</div><div>"
+                        + html_table(["captioner \\ generator", *generators],
                                       [[c, *row] for c, row in zip(captioners, values)]) + "</div></div>")
     sections.append(f"<h3>Each model alone</h3><p>{html.escape(ALONE_NOTE)}</p>")
     for part in ("captioner", "generator"):
         keys, table = alone(rows, part)
-        sections.append(_html_table([part, *keys], table))
-    sections.append("<h3>Vocabulary bridge coverage</h3>" + _html_table(
+        sections.append(html_table([part, *keys], table))
+    sections.append("<h3>Vocabulary bridge coverage</h3>" + html_table(
         ["captioner", "generator", "tokenizers", "captioner vocabulary", "matched", "fallback", "unmapped"],
         coverage_rows(rows)))
-    sections.append("<h3>Feature extractors</h3>" + _html_table(
+    sections.append("<h3>Feature extractors</h3>" + html_table(
         ["extractor", "values"], [[k, "; ".join(map(str, v))] for k, v in sorted(extractors(rows).items())]))
-    sections.append("<h3>Runs</h3>" + _html_table(
+    sections.append("<h3>Runs</h3>" + html_table(
         ["captioner", "generator", "items", "wall s", "eval report"],
         [[r["captioner"], r["generator"], (r["metrics"] or {}).get("data/items"), r["seconds"],
           str(Path(r["dir"]) / "report.html")] for r in rows]))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from recon_ft.study.plan import BASE, run_dir
+from recon_ft.experiments.study.plan import BASE, run_dir
 
 METHOD = (
     "mean and std (ddof=1) over seeds; difference from {baseline} paired by seed (same seed: same data "

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from recon_ft.frozen_cache import CacheConfig
-from recon_ft.objective import LossConfig
+from recon_ft.method.frozen_cache import CacheConfig
+from recon_ft.method.objective import LossConfig
+from recon_ft.training.optim import OptimConfig
 from recon_ft.utils import expect
 
 
@@ -22,8 +23,6 @@ def at_least(option: str, value, low, allow_none: bool = False) -> None:
 
 def check_training_config(cfg: DictConfig) -> None:
     """Every setting with a valid range, and `ckpt_path`; ValueError / FileNotFoundError otherwise."""
-    from recon_ft.module import OptimConfig  # the module pulls in Lightning; settings stay light
-
     LossConfig.coerce(OmegaConf.to_container(cfg.loss, resolve=True))
     OptimConfig.coerce(OmegaConf.to_container(cfg.optim, resolve=True))
     if cfg.get("frozen_cache"):

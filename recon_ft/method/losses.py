@@ -10,7 +10,7 @@ z0 clean scaled latents, n Gaussian noise, zt = sqrt(a_t) z0 + sqrt(1 - a_t) n.
   text_cycle_loss  L_t2i2t   the captioner's caption loss of y on the image decoded from the
                              generator's x0 prediction (text -> image -> caption).
 
-The model calls that produce these tensors live in recon_ft/objective.py.
+The model calls that produce these tensors live in recon_ft/method/objective.py.
 """
 
 from __future__ import annotations

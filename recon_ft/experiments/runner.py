@@ -1,4 +1,6 @@
-"""Run the planned chains as subprocesses, `jobs` at a time, each on its share of the cores."""
+"""Run an experiment's steps as subprocesses (train.py, eval.py), `jobs` chains at a time, each on its
+share of the cores; a step whose result file exists is done, so a restarted experiment resumes.
+The study and the pairs study plan their steps and hand them here."""
 
 from __future__ import annotations
 
@@ -8,12 +10,36 @@ import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from recon_ft.study.plan import Chain, Step
 from recon_ft.utils import git_commit
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # e.g. "no_cycle/seed0/train"
+    command: tuple[str, ...]
+    out_dir: Path
+    done_file: str  # summary.json or metrics.json, inside out_dir
+
+    @property
+    def done(self) -> bool:
+        return (self.out_dir / self.done_file).is_file()
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Steps that run one after another (a run's train, then its evaluations)."""
+    config: str
+    seed: int | None
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+
+    @property
+    def todo(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if not s.done)
 
 
 def threads_per_job(jobs: int, cores: int | None = None) -> int:

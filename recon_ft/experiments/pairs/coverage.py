@@ -1,6 +1,6 @@
 """The vocabulary bridge's coverage of each pair, from the two models' tokenizers alone.
 
-The bridge is the one training builds (recon_ft.module: VocabBridge.from_tokenizers(captioner's,
+The bridge is the one training builds (recon_ft.training.module: VocabBridge.from_tokenizers(captioner's,
 generator's first tokenizer)). A pretrained model's tokenizer is read from its directory (no
 weights are loaded); a random-init config builds its model.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from recon_ft.pairs.plan import CONF
+from recon_ft.constants import CONF_DIR
 
 FROZEN = {"mode": "frozen"}
 
@@ -21,7 +21,7 @@ FROZEN = {"mode": "frozen"}
 def pair_configs(captioner: str, generator: str, overrides: list[str] = ()):
     """(captioner config, generator config) of eval.py's composition for the pair."""
     models = [o for o in overrides if o.split("=")[0].split(".")[0].lstrip("+~") in ("captioner", "generator")]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"captioner={captioner}", f"generator={generator}", *models])
     return cfg.captioner, cfg.generator
 
@@ -44,7 +44,7 @@ def generator_tokenizer(cfg):
 
 def bridge_coverage(captioner_tok, generator_tok, fallback: str = "pieces") -> dict:
     """VocabBridge.coverage() of the pair and the two tokenizer conventions."""
-    from recon_ft.models.bridge import VocabBridge, detect_style
+    from recon_ft.method.bridge import VocabBridge, detect_style
 
     bridge = VocabBridge.from_tokenizers(captioner_tok, generator_tok, fallback=fallback)
     return {"captioner_style": detect_style(captioner_tok), "generator_style": detect_style(generator_tok),

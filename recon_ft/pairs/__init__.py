@@ -1,1 +1,0 @@
-"""The pairing study: which captioner and which generator understand each other (python -m recon_ft.pairs)."""
