@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recon_ft.models.attention import set_blip_attention
-from recon_ft.models.captioner import build_blip
+from recon_ft.models.blip import build_blip
 from tests.conftest import CAPTIONER_ADAPTER
 
 VISION_LORA = {**CAPTIONER_ADAPTER, "target_modules": r".*(text_decoder.*\.(query|value)|vision_model.*\.qkv)"}

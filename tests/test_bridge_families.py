@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon_ft.method.bridge import VocabBridge, detect_style, parse_token
+from recon_ft.method.bridge import VocabBridge
+from recon_ft.method.tokens import detect_style, parse_token
 from recon_ft.models.tokenizers import bert_tokenizer, clip_tokenizer
 from recon_ft.models.trained_tokenizers import IMAGE_TOKEN, bytelevel_tokenizer, sentencepiece_tokenizer
 

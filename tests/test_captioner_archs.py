@@ -1,6 +1,6 @@
 """Each real captioner config's LoRA targets exist in its architecture, built on the meta device.
 
-The released checkpoints cannot be downloaded here; recon_ft.models.arch writes their configs out.
+The released checkpoints cannot be downloaded here; each family's configs.py (recon_ft.models.archs) writes their configs out.
 On the meta device a 3.9B-parameter BLIP-2 takes no memory and builds in seconds.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recon_ft.models.arch import captioner_arch
+from recon_ft.models.archs import captioner_arch
 from recon_ft.models.lora import AdapterSpec, matches_target
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "captioner"

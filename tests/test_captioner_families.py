@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from recon_ft.eval.captioning import CaptionSettings, beam_captions, sample_captions
-from recon_ft.models.generator import build_stable_diffusion
+from recon_ft.models.sd import build_stable_diffusion
 from recon_ft.training.module import ReconModule
 from recon_ft.method.objective import compute_losses
 from tests.conftest import UNET_ADAPTER, fake_batch

@@ -47,7 +47,7 @@ def prepare(workdir: Path, n_images: int = 64, seed: int = 0) -> dict:
     captions.jsonl ({"image", "caption"}) for ours, images/metadata.jsonl ({"file_name", "text"}),
     the `imagefolder` layout, for the example."""
     from recon_ft.data.fabricate import write_jsonl
-    from recon_ft.models.generator import build_stable_diffusion
+    from recon_ft.models.sd import build_stable_diffusion
 
     pipeline = workdir / "pipeline"
     generator = build_stable_diffusion(

@@ -28,8 +28,8 @@ def probe(items: int = 64, seed: int = 0, timesteps=TIMESTEPS) -> list[dict]:
     import torch
 
     from recon_ft.method.losses import add_noise, predict_x0
-    from recon_ft.models.captioner import build_blip
-    from recon_ft.models.generator import build_stable_diffusion
+    from recon_ft.models.blip import build_blip
+    from recon_ft.models.sd import build_stable_diffusion
     from recon_ft.zoo import zoo_part
     from recon_ft.zoo.data import render_split, to_unit_range
 

@@ -1,4 +1,4 @@
-"""Image captioners behind one small interface, and the BLIP implementation of it.
+"""Image captioners behind one small interface, and the build every captioner family shares.
 
 What the losses and the evaluation need from a captioner (and nothing else):
   - `preprocess(images)`: images in [-1, 1] -> the model's pixel values, differentiably;
@@ -9,14 +9,15 @@ What the losses and the evaluation need from a captioner (and nothing else):
     dimension is `len(tokenizer)`: one column per token the bridge knows);
   - `new_token_range`, `configure_adapters`, `save_base`, `enable_gradient_checkpointing`;
   - `prompt` (settable: the evaluation may caption with another prompt) and `prompt_length`.
-`Captioner` holds what every family shares (images, prompt, adapters, saving); each family is a
-subclass with a builder function: BLIP base / large here, BLIP-2 in captioner_blip2.py, GIT in
-captioner_git.py. Their Hydra configs are conf/captioner/*.yaml.
+`Captioner` holds what every family shares (images, prompt, adapters, saving). Each family is a
+folder with a subclass and its builder (model.py) and its published and tiny configs (configs.py):
+recon_ft.models.blip, .blip2, .git. A builder is `load_or_init` (the model and its processor),
+the family's class, then `finish_build`. Their Hydra configs are conf/captioner/*.yaml;
+docs/adding_a_model.md walks through adding a family.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,7 @@ from torch import nn
 
 from recon_ft.constants import CLIP_MEAN, CLIP_STD
 from recon_ft.utils import is_rank_zero
-from recon_ft.models.attention import set_blip_attention
-from recon_ft.models.lora import AdapterSpec, critic_call, critic_checkpoint_context, unfreeze_modules
-
-log = logging.getLogger(__name__)
-
+from recon_ft.models.lora import AdapterSpec, critic_checkpoint_context, unfreeze_modules
 
 
 @dataclass
@@ -206,104 +203,30 @@ def init_random(model_class, config, init_seed: int):
         return model_class(config)
 
 
-class BlipCaptioner(Captioner):
-    """BLIP (BlipForConditionalGeneration): a ViT and a BERT text decoder that cross-attends to it.
+def load_or_init(model_class, processor_class, pretrained: str | None, arch: str | None, tiny: dict | None,
+                 init_seed: int, archs: dict, tiny_config, offline_processor):
+    """(model, processor): the first half of every captioner builder.
 
-    input_ids are [DEC] prompt caption [SEP] [PAD]...; BLIP's WordPiece tokenizer drops spaces, so
-    the prompt and the caption are tokenized together.
+    `pretrained` (hub id or local directory): both loaded with the family's classes. Otherwise, no
+    download: the config is the published architecture `archs[arch]()` or `tiny_config(**tiny)`,
+    `offline_processor(config)` makes the processor with a tokenizer built offline (it may set
+    config fields that depend on the tokenizer, e.g. BLIP-2's image token id) and the weights are
+    random, the same for the same `init_seed`.
     """
-
-    def __init__(self, model, processor, prompt: str = "a picture of ", max_length: int = 40):
-        super().__init__(model, processor, prompt=prompt, max_length=max_length)
-        text_config = model.config.text_config
-        self.bos_token_id = text_config.bos_token_id
-        self.eos_token_id = text_config.sep_token_id  # BLIP ends captions with [SEP]
-        self.pad_token_id = text_config.pad_token_id
-        self.prompt = prompt
-
-    def _prompt_length(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt).input_ids) - 1  # [DEC] + prompt, without the trailing [SEP]
-
-    # -- text -----------------------------------------------------------------------------------
-    def tokenize(self, captions: list[str], device=None) -> CaptionTokens:
-        enc = self.tokenizer(
-            [self.prompt + c for c in captions],
-            padding="longest",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        input_ids = enc.input_ids.clone()
-        input_ids[:, 0] = self.bos_token_id  # BLIP decodes from [DEC], not [CLS]
-        labels = input_ids.masked_fill(enc.attention_mask == 0, -100)
-        labels[:, : self.prompt_length] = -100
-        tokens = CaptionTokens(input_ids, enc.attention_mask, labels, self.prompt_length)
-        return tokens.to(device) if device is not None else tokens
-
-    @property
-    def token_embedding(self) -> nn.Embedding:
-        return self.model.text_decoder.get_input_embeddings()
-
-    # -- forward --------------------------------------------------------------------------------
-    def logits(self, pixel_values: torch.Tensor, tokens: CaptionTokens, critic: bool = False) -> torch.Tensor:
-        """Teacher-forced logits (B, L, V); logits[:, i] predicts tokens.input_ids[:, i + 1].
-
-        `critic=True` runs with the adapters detached (the captioner judges the generator's images
-        in the text cycle without learning from that term).
-        """
-        kwargs = dict(pixel_values=pixel_values, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-        out = critic_call(self.model, **kwargs) if critic else self.model(**kwargs)
-        return out.logits
-
-    def _generation_inputs(self, pixel_values: torch.Tensor) -> dict:
-        b = pixel_values.shape[0]
-        return {"input_ids": self.tokenizer([self.prompt] * b, return_tensors="pt").input_ids.to(pixel_values.device)}
-
-    @property
-    def _caption_start(self) -> int:
-        return self.prompt_length  # generate() drops the prompt's trailing [SEP]
-
-
-def build_blip(
-    pretrained: str | None = None,
-    tiny: dict | None = None,
-    arch: str | None = None,
-    adapter: dict | AdapterSpec | None = None,
-    prompt: str = "a picture of ",
-    max_length: int = 40,
-    gradient_checkpointing: bool = False,
-    save_base_to: str | None = None,
-    init_seed: int = 0,
-    attention: str = "sdpa",
-) -> BlipCaptioner:
-    """BLIP captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
-    or a real architecture with random weights (`arch`, see recon_ft.models.arch: "blip_base",
-    "blip_large").
-
-    A randomly initialized model is written to `save_base_to` (before adapters are added), so a run's
-    adapters can always be loaded back onto the exact base they were trained on. `attention`: the
-    vision encoder's attention, "sdpa" (fused, no N x N matrix kept) or transformers' "eager".
-    """
-    from transformers import BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
-
     if pretrained:
-        model = BlipForConditionalGeneration.from_pretrained(pretrained)
-        processor = BlipProcessor.from_pretrained(pretrained)
-    else:
-        from recon_ft.models.arch import captioner_arch
-        from recon_ft.models.tiny import tiny_blip_config
-        from recon_ft.models.tokenizers import blip_tokenizer
+        return model_class.from_pretrained(pretrained), processor_class.from_pretrained(pretrained)
+    if arch and tiny:
+        raise ValueError("captioner: give `arch` or `tiny`, not both")
+    if arch and arch not in archs:
+        raise ValueError(f"captioner: unknown arch {arch!r}; available: {sorted(archs)}")
+    config = archs[arch]() if arch else tiny_config(**(tiny or {}))
+    processor = offline_processor(config)
+    return init_random(model_class, config, init_seed), processor
 
-        if arch and tiny:
-            raise ValueError("captioner: give `arch` or `tiny`, not both")
-        config = captioner_arch(arch) if arch else tiny_blip_config(**(tiny or {}))
-        model = init_random(BlipForConditionalGeneration, config, init_seed)
-        size = config.vision_config.image_size
-        image_processor = BlipImageProcessor(
-            size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
-        )
-        processor = BlipProcessor(image_processor=image_processor, tokenizer=blip_tokenizer())
-    set_blip_attention(model, attention)
-    captioner = BlipCaptioner(model, processor, prompt=prompt, max_length=max_length)
-    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
 
+def blip_image_processor(size: int):
+    """BLIP's and BLIP-2's image processor offline: resize to (size, size), CLIP's normalisation."""
+    from transformers import BlipImageProcessor
+
+    return BlipImageProcessor(size={"height": size, "width": size}, image_mean=list(CLIP_MEAN),
+                              image_std=list(CLIP_STD))

@@ -14,7 +14,12 @@ What the losses and the evaluation need from a generator:
   - `sample(prompts, seeds)`: images through the diffusers pipeline.
 The conditioning `cond` is opaque to the losses: only the generator builds it (`encode_text`,
 `encode_bridged`) and consumes it (`denoise`). Here it is a (B, 77, D) tensor; SDXL's is a structure
-(recon_ft.models.sdxl). SD 2.x fits this class as is (v-prediction, a tokenizer padding with "!").
+(recon_ft.models.sdxl). SD 1.x and 2.x fit this class as is (2.x: v-prediction, a tokenizer padding
+with "!"); their builder and configs are recon_ft.models.sd.
+
+Every generator family's builder is `load_or_init_parts` (the pipeline's parts, pretrained or
+random), the family's class with a `build_cycle_decoder`, then `finish_build`. Their Hydra configs
+are conf/generator/*.yaml; docs/adding_a_model.md walks through adding a family.
 """
 
 from __future__ import annotations
@@ -290,66 +295,6 @@ class _TextTransformer(nn.Module):
         return self.final_layer_norm(hidden)
 
 
-def build_stable_diffusion(
-    pretrained: str | None = None,
-    tiny: dict | None = None,
-    arch: str | None = None,
-    cycle_decoder: str = "full",
-    cycle_decoder_pretrained: str | None = None,
-    unet_adapter: dict | AdapterSpec | None = None,
-    text_encoder_adapter: dict | AdapterSpec | None = None,
-    gradient_checkpointing: bool = False,
-    save_base_to: str | None = None,
-    init_seed: int = 0,
-    pad_token: str = "<|endoftext|>",
-    guidance_scale: float = 7.5,
-) -> StableDiffusionGenerator:
-    """Stable Diffusion 1.x / 2.x from `pretrained` (hub id or pipeline directory) or, offline, a tiny
-    config or a real architecture with random weights (`arch`, see recon_ft.models.arch: "sd15",
-    "sd21"). `pad_token`: the offline tiny build's tokenizer padding ("!" as SD 2.x's); a
-    pretrained pipeline and an `arch` bring their own tokenizer. `guidance_scale`: the model's
-    sampling default (StableDiffusionGenerator.guidance_scale).
-
-    `cycle_decoder`: which decoder the text cycle backpropagates through. `full` is the VAE's;
-    `tiny` is diffusers' AutoencoderTiny (TAESD), loaded from `cycle_decoder_pretrained` (a local
-    copy of madebyollin/taesd, the one for SD v1/v2 latents) or random-init without it (then the
-    text cycle's images are noise: for measuring cost only).
-    """
-    if pretrained:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        parts = dict(
-            vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
-            text_encoder=CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder"),
-            tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer"),
-            unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
-            scheduler=_load_scheduler(pretrained),
-        )
-    else:
-        from recon_ft.models.arch import generator_arch
-        from recon_ft.models.tiny import tiny_sd_components
-        from recon_ft.models.tokenizers import clip_tokenizer
-
-        if arch and tiny:
-            raise ValueError("generator: give `arch` or `tiny`, not both")
-        if arch == "sdxl_base":
-            raise ValueError("generator.arch: sdxl_base is built by recon_ft.models.sdxl.build_sdxl")
-        with torch.random.fork_rng():
-            torch.manual_seed(init_seed)
-            parts = generator_arch(arch) if arch else tiny_sd_components(**(tiny or {}))
-        parts.setdefault("tokenizer", clip_tokenizer(pad_token=pad_token))
-    parts["cycle_decoder"] = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
-    generator = StableDiffusionGenerator(**parts)
-    generator.guidance_scale = float(guidance_scale)
-    if save_base_to and not pretrained and is_rank_zero():
-        generator.save_base(save_base_to)
-    generator.configure_adapters(AdapterSpec.coerce(unet_adapter), AdapterSpec.coerce(text_encoder_adapter))
-    if gradient_checkpointing:
-        generator.enable_gradient_checkpointing()
-    return generator
-
-
 def build_cycle_decoder(kind: str, vae, pretrained: str | None = None, init_seed: int = 0):
     """None for `full` (the VAE's own decoder); an AutoencoderTiny for `tiny`.
 
@@ -408,10 +353,65 @@ def sampler_from_config(name: str, config):
     return cls.from_config(config, **({} if "clip_sample" in config else {"clip_sample": False}))
 
 
+def load_or_init_parts(pretrained: str | None, arch: str | None, tiny: dict | None, init_seed: int, archs: dict,
+                       tiny_parts, text_encoders: dict, tokenizers: dict) -> dict:
+    """The generator class's arguments by the pipeline's component names (vae, unet, scheduler,
+    text_encoder[_2], tokenizer[_2]): the first half of every generator builder.
+
+    `pretrained` (hub id or pipeline directory): each loaded from its subfolder, the text encoders
+    with the classes of `text_encoders` ({name: class}), each with its CLIP tokenizer. Otherwise, no
+    download: the published architecture `archs[arch]()` or `tiny_parts(**tiny)` with random
+    weights, the same for the same `init_seed`; the tokenizers they do not bring are made by
+    `tokenizers` ({name: function of no arguments}).
+    """
+    if pretrained:
+        return _pipeline_parts(pretrained, text_encoders)
+    if arch and tiny:
+        raise ValueError("generator: give `arch` or `tiny`, not both")
+    if arch and arch not in archs:
+        raise ValueError(f"generator: unknown arch {arch!r}; available: {sorted(archs)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed)
+        parts = archs[arch]() if arch else tiny_parts(**(tiny or {}))
+    for name, make in tokenizers.items():
+        if name not in parts:
+            parts[name] = make()
+    return parts
+
+
+def finish_build(generator: StableDiffusionGenerator, pretrained, guidance_scale, unet_adapter, text_encoder_adapter,
+                 gradient_checkpointing, save_base_to) -> StableDiffusionGenerator:
+    """The builders' common tail: the sampling default, save a random-init base (before adapters,
+    so a run's adapters always load back onto the exact base they were trained on), add adapters,
+    checkpointing."""
+    generator.guidance_scale = float(guidance_scale)
+    if save_base_to and not pretrained and is_rank_zero():
+        generator.save_base(save_base_to)
+    generator.configure_adapters(AdapterSpec.coerce(unet_adapter), AdapterSpec.coerce(text_encoder_adapter))
+    if gradient_checkpointing:
+        generator.enable_gradient_checkpointing()
+    return generator
+
+
+def _pipeline_parts(pretrained: str, text_encoders: dict) -> dict:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    parts = dict(
+        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
+        unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
+        scheduler=_load_scheduler(pretrained),
+    )
+    for name, model_class in text_encoders.items():
+        tokenizer = name.replace("text_encoder", "tokenizer")  # text_encoder_2 -> tokenizer_2
+        parts[name] = model_class.from_pretrained(pretrained, subfolder=name)
+        parts[tokenizer] = CLIPTokenizer.from_pretrained(pretrained, subfolder=tokenizer)
+    return parts
+
+
 def _load_scheduler(pretrained: str):
     """The pipeline's own sampler class, from scheduler/scheduler_config.json (never clipping latents)."""
     import diffusers
 
     config = diffusers.DDPMScheduler.load_config(pretrained, subfolder="scheduler")
     return sampler_from_config(config["_class_name"], config)
-

@@ -97,8 +97,8 @@ def critic_call(module: nn.Module, *args, **kwargs):
     """Call `module` with its trainable parameters detached.
 
     Used where a model is a fixed critic in the other model's cycle term: the gradient still flows
-    through the module to its *inputs*, but none reaches its own adapters (DESIGN.md section 2,
-    "who learns from a cycle term").
+    through the module to its *inputs*, but none reaches its own adapters (docs/design.md, "The method",
+    "Gradient routing").
     """
     detached = {name: p.detach() for name, p in module.named_parameters() if p.requires_grad}
     if not detached:

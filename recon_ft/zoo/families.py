@@ -9,7 +9,7 @@ model over the offline tokenizers of those kinds, and GIT over BERT's WordPiece;
 Each variant is a `FamilyRecipe` with its own key (`<family>-<recipe>-<hash>`), so the default
 zoo's key and its cached models stay valid, and each builds alone (one thread, no second process)
 with the default zoo's recipes: its captioner's, or its generator's with a shorter UNet stage
-(README, "Other model families in the zoo", has the build times and each variant's competence).
+(docs/zoo.md, "Other model families in the zoo", has the build times and each variant's competence).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ GUIDANCE = {"guidance_scale": 2.0}
 
 # family -> (part, builder, fixed builder kwargs); `tiny` sizes come from the recipe.
 FAMILIES: dict[str, tuple[str, str, dict]] = {
-    "blip2_opt": ("captioner", "recon_ft.models.captioner_blip2.build_blip2", {}),
-    "blip2_t5": ("captioner", "recon_ft.models.captioner_blip2.build_blip2", {}),
-    "git": ("captioner", "recon_ft.models.captioner_git.build_git", {}),
-    "sd2": ("generator", "recon_ft.models.generator.build_stable_diffusion", {"pad_token": "!", **GUIDANCE}),
+    "blip2_opt": ("captioner", "recon_ft.models.blip2.build_blip2", {}),
+    "blip2_t5": ("captioner", "recon_ft.models.blip2.build_blip2", {}),
+    "git": ("captioner", "recon_ft.models.git.build_git", {}),
+    "sd2": ("generator", "recon_ft.models.sd.build_stable_diffusion", {"pad_token": "!", **GUIDANCE}),
     "sdxl": ("generator", "recon_ft.models.sdxl.build_sdxl", GUIDANCE),
 }
 
@@ -110,7 +110,7 @@ _SMOKE_UNET = UnetRecipe(steps=3, batch_size=8, warmup_steps=1)
 
 _OPT = {"language_model": "opt", "num_query_tokens": 8}  # 8 learned queries: the LM's image prefix
 _T5 = {"language_model": "t5", "num_query_tokens": 8}
-# The zoo SD's noise schedule (recon_ft.models.tiny.zero_snr_scheduler_config): SD's own leaks a
+# The zoo SD's noise schedule (recon_ft.models.sd.configs.zero_snr_scheduler_config): SD's own leaks a
 # small latent's colours through t = 999. SD 2.x predicts v anyway; the SDXL variant does too.
 _V = {"prediction_type": "v_prediction", "zero_terminal_snr": True}
 _SDXL = {"time_embed_dim": 8, **_V}

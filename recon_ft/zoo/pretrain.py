@@ -164,8 +164,8 @@ def train_captioner(captioner, data: RenderedSplit, r: CaptionerRecipe, rng: tor
 def lm_head(captioner):
     """(transform, weight (V, H), bias (V,)) of a captioner whose head the sampled softmax can
     split from its last hidden state (BLIP, GIT), else None (full logits)."""
-    from recon_ft.models.captioner import BlipCaptioner
-    from recon_ft.models.captioner_git import GitCaptioner
+    from recon_ft.models.blip import BlipCaptioner
+    from recon_ft.models.git import GitCaptioner
 
     if isinstance(captioner, BlipCaptioner):
         head = captioner.model.text_decoder.cls.predictions
@@ -178,7 +178,7 @@ def lm_head(captioner):
 
 def text_hidden(captioner, pixel_values: torch.Tensor, tokens) -> torch.Tensor:
     """The last hidden state (B, L, H) at the text positions, before the LM head."""
-    from recon_ft.models.captioner import BlipCaptioner
+    from recon_ft.models.blip import BlipCaptioner
 
     model = captioner.model
     if isinstance(captioner, BlipCaptioner):

@@ -1,5 +1,6 @@
 """SDXL behind the generator interface (recon_ft.models.generator): two text encoders, pooled text
-embeddings and size / crop conditioning.
+embeddings and size / crop conditioning. The class and its builder; configs: recon_ft.models.sdxl.configs,
+conf/generator/sdxl_base.yaml, tiny_sdxl.yaml, zoo_sdxl.yaml.
 
 What differs from Stable Diffusion 1.x / 2.x, as in diffusers' StableDiffusionXLPipeline:
   - two CLIP text encoders on the same tokens: `text_encoder` (CLIP ViT-L, 768) and `text_encoder_2`
@@ -20,14 +21,21 @@ own token table (768- and 1280-wide) and each sequence gets its tokenizer's BOS 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from recon_ft.models.generator import StableDiffusionGenerator, build_cycle_decoder, soft_sequence, _load_scheduler
+from recon_ft.models.generator import (
+    StableDiffusionGenerator,
+    build_cycle_decoder,
+    finish_build,
+    load_or_init_parts,
+    soft_sequence,
+)
 from recon_ft.models.lora import AdapterSpec, critic_call
-from recon_ft.utils import is_rank_zero
+from recon_ft.models.sdxl.configs import ARCHS, tiny_sdxl_components
 
 
 @dataclass
@@ -182,43 +190,21 @@ def build_sdxl(
     guidance_scale: float = 7.5,
 ) -> StableDiffusionXLGenerator:
     """SDXL from `pretrained` (hub id or pipeline directory) or, offline, a tiny config
-    (recon_ft.models.tiny.tiny_sdxl_components) or the real architecture with random weights
-    (`arch: sdxl_base`). `text_encoder_adapter` applies to both text encoders. `guidance_scale`: the
-    model's sampling default.
+    (recon_ft.models.sdxl.configs.tiny_sdxl_components) or the published architecture with random
+    weights (`arch: sdxl_base`). `text_encoder_adapter` applies to both text encoders.
+    `guidance_scale`: the model's sampling default.
     """
-    if pretrained:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        parts = dict(
-            vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
-            text_encoder=CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder"),
-            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(pretrained, subfolder="text_encoder_2"),
-            tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer"),
-            tokenizer_2=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer_2"),
-            unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
-            scheduler=_load_scheduler(pretrained),
-        )
-    else:
-        from recon_ft.models.arch import generator_arch
-        from recon_ft.models.tiny import tiny_sdxl_components
-        from recon_ft.models.tokenizers import clip_tokenizer
+    from recon_ft.models.tokenizers import clip_tokenizer
 
-        if arch and tiny:
-            raise ValueError("generator: give `arch` or `tiny`, not both")
-        if arch and arch != "sdxl_base":
-            raise ValueError(f"generator.arch: build_sdxl builds sdxl_base, got {arch!r}")
-        with torch.random.fork_rng():
-            torch.manual_seed(init_seed)
-            parts = generator_arch(arch) if arch else tiny_sdxl_components(**(tiny or {}))
-        parts.setdefault("tokenizer", clip_tokenizer())
-        parts.setdefault("tokenizer_2", clip_tokenizer(pad_token="!"))
-    parts["cycle_decoder"] = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
-    generator = StableDiffusionXLGenerator(**parts)
-    generator.guidance_scale = float(guidance_scale)
-    if save_base_to and not pretrained and is_rank_zero():
-        generator.save_base(save_base_to)
-    generator.configure_adapters(AdapterSpec.coerce(unet_adapter), AdapterSpec.coerce(text_encoder_adapter))
-    if gradient_checkpointing:
-        generator.enable_gradient_checkpointing()
-    return generator
+    parts = load_or_init_parts(
+        pretrained, arch, tiny, init_seed, archs=ARCHS, tiny_parts=tiny_sdxl_components,
+        text_encoders={"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection},
+        # the tokenizers differ in padding only, as SDXL's
+        tokenizers={"tokenizer": clip_tokenizer, "tokenizer_2": functools.partial(clip_tokenizer, pad_token="!")},
+    )
+    decoder = build_cycle_decoder(cycle_decoder, parts["vae"], cycle_decoder_pretrained, init_seed)
+    generator = StableDiffusionXLGenerator(**parts, cycle_decoder=decoder)
+    return finish_build(generator, pretrained, guidance_scale, unet_adapter, text_encoder_adapter,
+                        gradient_checkpointing, save_base_to)

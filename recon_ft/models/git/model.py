@@ -1,4 +1,5 @@
-"""GIT (GitForCausalLM) behind the captioner interface (recon_ft.models.captioner).
+"""GIT (GitForCausalLM) behind the captioner interface (recon_ft.models.captioner): the captioner
+class and its builder. Configs: recon_ft.models.git.configs, conf/captioner/git_base.yaml, tiny_git.yaml.
 
 GIT is one transformer over [image tokens; text tokens]: the image encoder's N tokens (CLS +
 patches) are prefixed, the text attends to all of them and causally to itself. Its tokenizer is
@@ -13,12 +14,8 @@ import torch
 from torch import nn
 
 from recon_ft.constants import CLIP_MEAN, CLIP_STD
-from recon_ft.models.captioner import (
-    Captioner,
-    CaptionTokens,
-    finish_build,
-    init_random,
-)
+from recon_ft.models.captioner import Captioner, CaptionTokens, finish_build, load_or_init
+from recon_ft.models.git.configs import ARCHS, tiny_git_config
 from recon_ft.models.lora import AdapterSpec, critic_call
 
 
@@ -78,30 +75,30 @@ def build_git(
     init_seed: int = 0,
 ) -> GitCaptioner:
     """GIT captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
-    (recon_ft.models.tiny.tiny_git_config) or a real architecture with random weights (`arch`:
+    (recon_ft.models.git.configs.tiny_git_config) or a published architecture with random weights (`arch`:
     "git_base", "git_large"), with the real tokenizer (BERT uncased) either way.
 
     GIT's COCO checkpoints caption from [CLS] alone, so the prompt defaults to none.
     """
-    from transformers import AutoProcessor, CLIPImageProcessor, GitForCausalLM, GitProcessor
+    from transformers import AutoProcessor, GitForCausalLM
 
-    if pretrained:
-        model = GitForCausalLM.from_pretrained(pretrained)
-        processor = AutoProcessor.from_pretrained(pretrained)
-    else:
-        from recon_ft.models.arch import captioner_arch
-        from recon_ft.models.tiny import tiny_git_config
-        from recon_ft.models.tokenizers import bert_tokenizer
-
-        if arch and tiny:
-            raise ValueError("captioner: give `arch` or `tiny`, not both")
-        config = captioner_arch(arch) if arch else tiny_git_config(**(tiny or {}))
-        model = init_random(GitForCausalLM, config, init_seed)
-        size = config.vision_config.image_size
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=list(CLIP_MEAN),
-            image_std=list(CLIP_STD),
-        )
-        processor = GitProcessor(image_processor=image_processor, tokenizer=bert_tokenizer())
+    model, processor = load_or_init(
+        GitForCausalLM, AutoProcessor, pretrained, arch, tiny, init_seed,
+        archs=ARCHS, tiny_config=tiny_git_config, offline_processor=_offline_processor,
+    )
     captioner = GitCaptioner(model, processor, prompt=prompt, max_length=max_length)
     return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
+
+
+def _offline_processor(config):
+    """CLIP's image processor (resize the shortest edge, centre crop) and BERT uncased."""
+    from transformers import CLIPImageProcessor, GitProcessor
+
+    from recon_ft.models.tokenizers import bert_tokenizer
+
+    size = config.vision_config.image_size
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    return GitProcessor(image_processor=image_processor, tokenizer=bert_tokenizer())

@@ -1,4 +1,6 @@
-"""BLIP-2 (Blip2ForConditionalGeneration) behind the captioner interface (recon_ft.models.captioner).
+"""BLIP-2 (Blip2ForConditionalGeneration) behind the captioner interface (recon_ft.models.captioner):
+the captioner class and its builder. Configs: recon_ft.models.blip2.configs, conf/captioner/blip2_*.yaml
+and tiny_blip2_*.yaml.
 
 A frozen-style ViT, a Q-Former whose Q learned queries read the image, and a language model that
 gets the queries (projected to its width) as Q input embeddings, at the positions of Q "<image>"
@@ -26,13 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recon_ft.constants import CLIP_MEAN, CLIP_STD
-from recon_ft.models.captioner import (
-    Captioner,
-    CaptionTokens,
-    finish_build,
-    init_random,
-)
+from recon_ft.models.blip2.configs import ARCHS, tiny_blip2_config
+from recon_ft.models.captioner import Captioner, CaptionTokens, blip_image_processor, finish_build, load_or_init
 from recon_ft.models.lora import AdapterSpec, critic_call
 
 
@@ -159,44 +156,36 @@ def build_blip2(
     init_seed: int = 0,
 ) -> Blip2Captioner:
     """BLIP-2 captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
-    (recon_ft.models.tiny.tiny_blip2_config; `tiny.language_model`: opt | t5) or a real architecture
-    with random weights (`arch`: "blip2_opt_2.7b", "blip2_flan_t5_xl").
+    (recon_ft.models.blip2.configs.tiny_blip2_config; `tiny.language_model`: opt | t5) or a published
+    architecture with random weights (`arch`: "blip2_opt_2.7b", "blip2_flan_t5_xl").
 
     Offline builds use the small OPT-style or T5-style tokenizers of
     recon_ft.models.trained_tokenizers (the real ones are not available offline); with `arch` the
     model keeps its real vocabulary size and only the tokenizer's ids are used. `caption_end`: the
     text of the token that ends a caption (decoder-only models; default the tokenizer's EOS).
     """
-    from transformers import AutoProcessor, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
-    if pretrained:
-        model = Blip2ForConditionalGeneration.from_pretrained(pretrained)
-        processor = AutoProcessor.from_pretrained(pretrained)
-    else:
-        from recon_ft.models import trained_tokenizers as tt
-        from recon_ft.models.arch import captioner_arch
-        from recon_ft.models.tiny import tiny_blip2_config
-
-        if arch and tiny:
-            raise ValueError("captioner: give `arch` or `tiny`, not both")
-        if arch:
-            config = captioner_arch(arch)
-        else:
-            tiny = dict(tiny or {})
-            tiny.setdefault("language_model", "opt")
-            config = tiny_blip2_config(**tiny)
-        decoder_only = config.text_config.model_type == "opt"
-        tokenizer = tt.bytelevel_tokenizer() if decoder_only else tt.sentencepiece_tokenizer()
-        config.image_token_index = tokenizer.convert_tokens_to_ids(tt.IMAGE_TOKEN)
-        if config.text_config.vocab_size < len(tokenizer):
-            raise ValueError(f"captioner.tiny.vocab_size={config.text_config.vocab_size}: expected at least the "
-                             f"tokenizer's {len(tokenizer)} tokens")
-        model = init_random(Blip2ForConditionalGeneration, config, init_seed)
-        size = config.vision_config.image_size
-        image_processor = BlipImageProcessor(
-            size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
-        )
-        processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                   num_query_tokens=config.num_query_tokens)
+    model, processor = load_or_init(
+        Blip2ForConditionalGeneration, AutoProcessor, pretrained, arch, tiny, init_seed,
+        archs=ARCHS, tiny_config=tiny_blip2_config, offline_processor=_offline_processor,
+    )
     captioner = Blip2Captioner(model, processor, prompt=prompt, max_length=max_length, caption_end=caption_end)
     return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
+
+
+def _offline_processor(config):
+    """The small OPT-style or T5-style tokenizer (recon_ft.models.trained_tokenizers); the config's
+    image token id becomes the tokenizer's "<image>"."""
+    from transformers import Blip2Processor
+
+    from recon_ft.models import trained_tokenizers as tt
+
+    decoder_only = config.text_config.model_type == "opt"
+    tokenizer = tt.bytelevel_tokenizer() if decoder_only else tt.sentencepiece_tokenizer()
+    config.image_token_index = tokenizer.convert_tokens_to_ids(tt.IMAGE_TOKEN)
+    if config.text_config.vocab_size < len(tokenizer):
+        raise ValueError(f"captioner.tiny.vocab_size={config.text_config.vocab_size}: expected at least the "
+                         f"tokenizer's {len(tokenizer)} tokens")
+    return Blip2Processor(image_processor=blip_image_processor(config.vision_config.image_size),
+                          tokenizer=tokenizer, num_query_tokens=config.num_query_tokens)
