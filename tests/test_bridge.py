@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from recon_ft.method.bridge import VocabBridge, detect_style, parse_token
+from recon_ft.method.bridge import VocabBridge
+from recon_ft.method.tokens import detect_style, parse_token
 from recon_ft.models.tokenizers import bytes_to_unicode
 
 
@@ -213,7 +214,7 @@ def test_real_pair_coverage(real):
     assert (c["src_size"], c["dst_size"]) == (30524, 49408)
     assert c["nnz"] < 4 * c["src_size"]  # sparse: a handful of entries per row at most
     assert c["n_special"] == 994 + 7  # [unusedN] + 5 BERT + [DEC], [ENC]
-    # the numbers the README states (a naive exact-string probe: 26,142 counterparts; the reference: 20,525)
+    # the numbers docs/design.md states (a naive exact-string probe: 26,142 counterparts; the reference: 20,525)
     assert (c["n_matched"], c["n_fallback"], c["n_unmapped"]) == (22153, 7370, 1001)
     assert c["matched"] == 22153 / 30524 and c["dst_with_counterpart"] == 26302 and c["nnz"] == 38761
 

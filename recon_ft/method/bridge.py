@@ -1,6 +1,6 @@
 """Sparse vocabulary bridge B from a captioner vocabulary V_C to a generator vocabulary V_G.
 
-The image cycle (DESIGN.md section 2) turns the captioner's per-position distribution
+The image cycle (docs/design.md, "The vocabulary bridge") turns the captioner's per-position distribution
 p (B, L, |V_C|) into soft token embeddings of the generator's text encoder:
 
     q = p B            (B, L, |V_G|)   "project"
@@ -69,92 +69,16 @@ index buffers (src, dst, weight), and products use gather / index_add.
 
 from __future__ import annotations
 
-import functools
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from recon_ft.models.tokenizers import bytes_to_unicode
+from recon_ft.method.tokens import (START_MARKED, STYLES, UNUSED, Token, best_match, detect_style, gpt2_byte_decoder,
+                                     id_ordered_tokens, parse_token, special_tokens)
 
-STYLES = ("wordpiece", "bpe", "bytelevel", "sentencepiece")
-# styles that mark where a word starts, so that a token says whether it continues the word before it
-_START_MARKED = ("wordpiece", "bytelevel", "sentencepiece")
-_SP_SPACE = "\u2581"  # SentencePiece's "▁"
 FALLBACKS = ("pieces", "unk", "drop")
-_UNUSED = re.compile(r"^\[unused\d+\]$")  # BERT's placeholder tokens
-
-
-class _Token(NamedTuple):
-    """A token's text and word-boundary marks; None = the convention does not say."""
-
-    text: str | None  # None: no text (undecodable bytes, hole in the id range)
-    starts_word: bool | None
-    ends_word: bool | None
-
-
-@functools.cache
-def _byte_decoder() -> dict[str, int]:
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
-def _normalize(text: str) -> str:
-    # NFC so that composed / decomposed accents compare equal
-    return unicodedata.normalize("NFC", text)
-
-
-def parse_token(token: str | None, style: str, byte_decoder: dict[str, int] | None = None) -> _Token:
-    """Split a token string into (text, starts_word, ends_word) under a tokenizer convention."""
-    if token is None:
-        return _Token(None, None, None)
-    if style == "wordpiece":
-        if token.startswith("##") and len(token) > 2:
-            return _Token(_normalize(token[2:]), False, None)
-        return _Token(_normalize(token), True, None)
-    if style == "bpe":
-        ends = token.endswith("</w>")
-        body = token[:-4] if ends else token
-        byte_decoder = byte_decoder or _byte_decoder()
-        try:
-            text = bytes(byte_decoder[c] for c in body).decode("utf-8")
-        except (KeyError, UnicodeDecodeError):
-            return _Token(None, None, ends)
-        return _Token(_normalize(text), None, ends)
-    if style == "bytelevel":
-        byte_decoder = byte_decoder or _byte_decoder()
-        try:
-            text = bytes(byte_decoder[c] for c in token).decode("utf-8")
-        except (KeyError, UnicodeDecodeError):
-            return _Token(None, None, None)
-        starts = text.startswith(" ")
-        return _Token(_normalize(text[1:] if starts else text) or None, starts, None)
-    if style == "sentencepiece":
-        starts = token.startswith(_SP_SPACE)
-        return _Token(_normalize(token[1:] if starts else token) or None, starts, None)
-    raise ValueError(f"unknown token style {style!r}; expected one of {STYLES}")
-
-
-def _conflicts(a: _Token, b: _Token) -> int:
-    # number of boundary marks both conventions state and that disagree
-    return sum(
-        x is not None and y is not None and x != y
-        for x, y in ((a.starts_word, b.starts_word), (a.ends_word, b.ends_word))
-    )
-
-
-def _best_match(src: _Token, candidates: list[tuple[int, _Token]]) -> int:
-    """Pick among same-text V_G tokens: fewest contradictions, then whole-word forms, then id."""
-
-    def key(item: tuple[int, _Token]):
-        i, tok = item
-        whole = tok.starts_word is True or tok.ends_word is True
-        return (_conflicts(src, tok), not whole, i)
-
-    return min(candidates, key=key)[0]
 
 
 class VocabBridge(nn.Module):
@@ -228,12 +152,12 @@ class VocabBridge(nn.Module):
             raise ValueError('fallback="pieces" needs dst_tokenize')
         if fallback == "unk" and dst_unk_id is None:
             raise ValueError('fallback="unk" needs dst_unk_id')
-        decoder = _byte_decoder()
+        decoder = gpt2_byte_decoder()
         src_special, dst_special = set(src_special), set(dst_special)
         dst_special_ids = {i for i, t in enumerate(dst_tokens) if t in dst_special}
 
         # text -> [(id, parsed)] over the ordinary V_G tokens
-        by_text: dict[str, list[tuple[int, _Token]]] = {}
+        by_text: dict[str, list[tuple[int, Token]]] = {}
         for i, t in enumerate(dst_tokens):
             if t is None or i in dst_special_ids:
                 continue
@@ -255,7 +179,7 @@ class VocabBridge(nn.Module):
         for i, t in enumerate(src_tokens):
             if t is None:
                 continue
-            if t in src_special or (src_style == "wordpiece" and _UNUSED.match(t)):
+            if t in src_special or (src_style == "wordpiece" and UNUSED.match(t)):
                 special[i] = True
                 continue
             parsed = parse_token(t, src_style, decoder)
@@ -264,15 +188,15 @@ class VocabBridge(nn.Module):
             if lowercase:
                 parsed = parsed._replace(text=parsed.text.lower())
             src_texts.add(parsed.text)
-            continues[i] = parsed.starts_word is False and src_style in _START_MARKED and dst_style == "bpe"
+            continues[i] = parsed.starts_word is False and src_style in START_MARKED and dst_style == "bpe"
             cands = by_text.get(parsed.text)
             if cands:
                 matched[i] = True
                 src_idx.append(i)
-                dst_idx.append(_best_match(parsed, cands))
+                dst_idx.append(best_match(parsed, cands))
                 weights.append(1.0)
                 if dst_style == "bpe":
-                    inner = _best_match(parsed._replace(ends_word=False), cands)
+                    inner = best_match(parsed._replace(ends_word=False), cands)
                     if inner != dst_idx[-1]:
                         nonfinal[i] = inner
             else:
@@ -330,12 +254,12 @@ class VocabBridge(nn.Module):
             return dst_tokenizer(texts, add_special_tokens=False)["input_ids"]
 
         return cls.from_vocabs(
-            _id_ordered_tokens(src_tokenizer),
-            _id_ordered_tokens(dst_tokenizer),
+            id_ordered_tokens(src_tokenizer),
+            id_ordered_tokens(dst_tokenizer),
             src_style=src_style,
             dst_style=dst_style,
-            src_special=_special_tokens(src_tokenizer),
-            dst_special=_special_tokens(dst_tokenizer),
+            src_special=special_tokens(src_tokenizer),
+            dst_special=special_tokens(dst_tokenizer),
             fallback=fallback,
             dst_unk_id=dst_tokenizer.unk_token_id,
             dst_tokenize=tokenize,
@@ -437,48 +361,6 @@ class VocabBridge(nn.Module):
             f"{self.src_size} -> {self.dst_size}, nnz={c['nnz']}, matched={c['matched']:.3f}, "
             f"fallback={c['fallback']:.3f}, unmapped={c['unmapped']:.3f}"
         )
-
-
-# ---------------------------------------------------------------------- tokenizer helpers
-
-
-def detect_style(tokenizer) -> str:
-    """The token convention (STYLES) of a tokenizer, from its backend model or its vocabulary.
-
-    "wordpiece" (BERT: "##" pieces), "bpe" (CLIP: "</w>" ends a word), "bytelevel" (GPT-2, OPT:
-    "Ġ" starts a word), "sentencepiece" (T5, unigram or BPE: "▁" starts a word).
-    """
-    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
-    kind = type(model).__name__ if model is not None else None
-    if kind == "WordPiece" and model.continuing_subword_prefix == "##":
-        return "wordpiece"
-    if kind == "BPE" and model.end_of_word_suffix == "</w>":
-        return "bpe"
-    vocab = tokenizer.get_vocab()  # other backends and slow tokenizers: look at the strings
-    if kind == "Unigram" or sum(t.startswith(_SP_SPACE) for t in vocab) > len(vocab) // 10:
-        return "sentencepiece"
-    if any(t.endswith("</w>") for t in vocab):
-        return "bpe"
-    if any(t.startswith("##") for t in vocab):
-        return "wordpiece"
-    if sum(t.startswith("\u0120") for t in vocab) > len(vocab) // 10:  # "Ġ": GPT-2's space byte
-        return "bytelevel"
-    raise ValueError(f"cannot tell the token convention of {type(tokenizer).__name__}")
-
-
-def _id_ordered_tokens(tokenizer) -> list[str | None]:
-    """Token string of each id 0..len(tokenizer)-1 (added tokens included; None for holes)."""
-    tokens: list[str | None] = [None] * len(tokenizer)
-    for t, i in tokenizer.get_vocab().items():
-        if 0 <= i < len(tokens):
-            tokens[i] = t
-    return tokens
-
-
-def _special_tokens(tokenizer) -> set[str]:
-    special = set(tokenizer.all_special_tokens)
-    special |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    return special
 
 
 def blip_sd_bridge(fallback: str = "pieces", cache_dir: str | None = None) -> VocabBridge:

@@ -1,4 +1,4 @@
-"""The four training losses of recon_ft (DESIGN.md section 2) as pure functions on tensors.
+"""The four training losses of recon_ft (docs/design.md, "The method") as pure functions on tensors.
 
 Notation: a_t = alphas_cumprod[t] (the cumulative product of the noise schedule's alphas),
 z0 clean scaled latents, n Gaussian noise, zt = sqrt(a_t) z0 + sqrt(1 - a_t) n.

@@ -44,7 +44,8 @@ def generator_tokenizer(cfg):
 
 def bridge_coverage(captioner_tok, generator_tok, fallback: str = "pieces") -> dict:
     """VocabBridge.coverage() of the pair and the two tokenizer conventions."""
-    from recon_ft.method.bridge import VocabBridge, detect_style
+    from recon_ft.method.bridge import VocabBridge
+    from recon_ft.method.tokens import detect_style
 
     bridge = VocabBridge.from_tokenizers(captioner_tok, generator_tok, fallback=fallback)
     return {"captioner_style": detect_style(captioner_tok), "generator_style": detect_style(generator_tok),
