@@ -1,16 +1,20 @@
-"""Shared fixtures: tiny random-init models with the real tokenizers, and a fake batch."""
+"""Shared fixtures: the composed train.py / eval.py configs, tiny random-init models with the real
+tokenizers, and a fake batch."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
-from recon_ft.models.captioner import build_blip
-from recon_ft.models.generator import build_stable_diffusion
+from recon_ft.models.blip import build_blip
+from recon_ft.models.sd import build_stable_diffusion
 
 # Composed configs name the synthetic zoo's models (`${zoo:captioner}`): tests use the "smoke" recipe
 # (seconds to build, learns nothing) in a private cache, so they neither wait for nor touch a user's
@@ -23,6 +27,39 @@ os.environ["RECON_FT_CACHE"] = _CACHE
 def pytest_sessionfinish(session, exitstatus):
     """The private cache (the smoke zoo and its variants, tens of MB) goes with the session."""
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(name: str, *overrides: str, return_hydra_config: bool = False):
+    """`python <name>.py <overrides>`'s config, composed from conf/ as @hydra.main would, without running
+    the app; return_hydra_config adds the hydra: section (sweeper, launcher, callbacks)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def compose_train(run_dir, *overrides: str, return_hydra_config: bool = False):
+    """train.py's config. Its run_dir defaults to Hydra's output dir, which exists only inside a Hydra
+    run: a test names its own."""
+    return compose_config("train", f"run_dir={run_dir}", *overrides, return_hydra_config=return_hydra_config)
+
+
+def compose_eval(out_dir, *overrides: str):
+    """eval.py's config; its out_dir, like train.py's run_dir, is the test's own."""
+    return compose_config("eval", f"out_dir={out_dir}", *overrides)
+
+
+@pytest.fixture
+def cfg_train(tmp_path):
+    """compose_train writing into the test's tmp_path: cfg_train("data=coco", ...)."""
+    return partial(compose_train, tmp_path)
+
+
+@pytest.fixture
+def cfg_eval(tmp_path):
+    """compose_eval writing into the test's tmp_path."""
+    return partial(compose_eval, tmp_path)
 
 
 CAPTIONER_ADAPTER = {"mode": "lora", "r": 4, "alpha": 4, "target_modules": r".*text_decoder.*\.(query|value)"}

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 
 from recon_ft.experiments import bench_diffusers as bd
 from recon_ft.training.run import fit
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.conftest import compose_config
 
 
 def test_both_programs_get_the_same_pipeline_pairs_and_settings(tmp_path):
@@ -47,8 +45,7 @@ def test_our_side_trains_only_the_unet_adapters_with_l_gen(tmp_path):
     prep = bd.prepare(tmp_path / "prep", n_images=8)
     overrides = bd.ours_command(prep, steps=2, batch_size=4, out=tmp_path / "run")[2:]  # after python train.py
     snapshot = ["+callbacks.snapshot._target_=tests.test_bench_diffusers.Snapshot", "trainer.log_every_n_steps=1"]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides + snapshot)
+    cfg = compose_config("train", *overrides, *snapshot)
     assert cfg.generator.pretrained == str(prep["pipeline"])
     assert cfg.generator.unet_adapter.r == bd.RANK and cfg.generator.unet_adapter.alpha == bd.RANK
 

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from recon_ft.data.fabricate import write_coco_karpathy, write_jsonl, write_nocaps
 from recon_ft.eval.captioning import CaptionSettings, sample_captions
 from recon_ft.eval.load import load_base, load_run
 from recon_ft.eval.pipeline import evaluate
 from recon_ft.eval.seeds import item_seed
+from tests import conftest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 FAST = [
     "metrics=tiny",  # random extractors: the plumbing (metrics=zoo, eval's default, is tested in test_zoo_clip.py)
     "num_threads=1",  # restored after each evaluation; 2 threads crawl when other processes share the CPU
@@ -37,8 +36,7 @@ CAPTION_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"]
 
 
 def compose_eval(out_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("eval", overrides=[f"out_dir={out_dir}", *FAST, *overrides])
+    return conftest.compose_eval(out_dir, *FAST, *overrides)
 
 
 def run_eval(out_dir: Path, *overrides: str) -> dict:
@@ -186,15 +184,14 @@ def run_dir(tmp_path_factory):
     from recon_ft.training.run import train
 
     run = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"run_dir={run}", "debug=fast", "trainer.max_steps=2", "trainer.val_check_interval=2",
-            "callbacks.model_checkpoint.every_n_train_steps=2", "data.train.size=8", "data.val.size=2",
-            "data.batch_size=2", "data.eval_batch_size=2", "optim.warmup_steps=0", "optim.captioner.lr=0.05",
-            "optim.generator.lr=0.05", "captioner.adapter.alpha=4", "generator.unet_adapter.alpha=4",
-            "generator.text_encoder_adapter.mode=lora", "+generator.text_encoder_adapter.r=4",
-            "+generator.text_encoder_adapter.alpha=2", "+generator.text_encoder_adapter.target_modules=[q_proj,v_proj]",
-        ])
+    cfg = conftest.compose_train(
+        run, "debug=fast", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2", "data.train.size=8", "data.val.size=2",
+        "data.batch_size=2", "data.eval_batch_size=2", "optim.warmup_steps=0", "optim.captioner.lr=0.05",
+        "optim.generator.lr=0.05", "captioner.adapter.alpha=4", "generator.unet_adapter.alpha=4",
+        "generator.text_encoder_adapter.mode=lora", "+generator.text_encoder_adapter.r=4",
+        "+generator.text_encoder_adapter.alpha=2", "+generator.text_encoder_adapter.target_modules=[q_proj,v_proj]",
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the evaluations here (num_threads=1): fastest on a shared CPU
     try:
@@ -284,7 +281,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
 
 
 def test_nucleus_samples_are_seeded_per_item_not_per_batch():
-    from recon_ft.models.captioner import build_blip
+    from recon_ft.models.blip import build_blip
 
     captioner = build_blip(tiny={"image_size": 32})
     images = captioner.preprocess(torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)

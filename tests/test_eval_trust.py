@@ -46,7 +46,7 @@ def _lengths_of_generate(captioner, images, s: CaptionSettings, bias: float) -> 
 
 
 def test_caption_lengths_count_the_prompt_as_blip_does():
-    from recon_ft.models.captioner import build_blip
+    from recon_ft.models.blip import build_blip
 
     captioner = build_blip(tiny={"image_size": 32})
     p = captioner.prompt_length
@@ -245,11 +245,10 @@ def _fake_job(sweep, n, overrides, csv_text):
 
 
 def test_sweep_summary_tables_each_jobs_overrides_and_final_metrics(tmp_path, capsys):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
 
     sweep = tmp_path / "multirun" / "train" / "2026-01-01_00-00-00"
     header = "epoch,step,train/loss,train/loss_cap,val/loss,val/CIDEr\n"
@@ -260,9 +259,7 @@ def test_sweep_summary_tables_each_jobs_overrides_and_final_metrics(tmp_path, ca
     _fake_job(sweep, 10, ["debug=fast", "loss.lambda_img=1"], None)  # a job that left no metrics
     _fake_job(sweep, 2, ["debug=fast", "loss.lambda_img=1", "seed=3"], header + "0,0,4.0,1.2,,\n")
 
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose("train", overrides=[], return_hydra_config=True)
+    cfg = compose_config("train", return_hydra_config=True)
     callback = instantiate(cfg.hydra.callbacks.sweep_summary)
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
 

@@ -78,15 +78,10 @@ def test_bridge_coverage_of_every_zoo_pair(tmp_path):
 
 
 @pytest.mark.parametrize("captioner, generator", ZOO_PAIRS)
-def test_one_evaluation_item_of_every_zoo_pair(captioner, generator, tmp_path):
-    from hydra import compose, initialize_config_dir
-
+def test_one_evaluation_item_of_every_zoo_pair(captioner, generator, cfg_eval):
     from recon_ft.eval.pipeline import evaluate
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"out_dir={tmp_path}", f"captioner={captioner}", f"generator={generator}",
-                                         *TINY_EVAL])
-    metrics = evaluate(cfg)
+    metrics = evaluate(cfg_eval(f"captioner={captioner}", f"generator={generator}", *TINY_EVAL))
     assert metrics["data/items"] == 1.0
     for key in ("i2t2i/clip_i_best", "i2t2i/best/CIDEr", "t2i2t/sbert_best", "t2i2t/clip_score_best"):
         assert metrics[key] is not None, key

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import recon_ft.training.run
 from recon_ft.training.settings import check_training_config
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=["run_dir=/nonexistent", *overrides])
-
 
 @pytest.mark.parametrize("override, message", [
     ("optim.captioner.lr=-1", "optim.captioner.lr: expected >= 0, got -1"),
@@ -41,31 +32,31 @@ def compose_train(*overrides: str):
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: expected >= 1, got 0"),
     ("frozen_cache.max_gb=-1", "frozen_cache.max_gb: expected >= 0, got -1"),
 ])
-def test_numeric_settings_are_checked_before_any_model_is_built(override, message, monkeypatch):
+def test_numeric_settings_are_checked_before_any_model_is_built(override, message, monkeypatch, cfg_train):
     def never(*args, **kwargs):
         raise AssertionError("a model was built before the settings were checked")
 
     monkeypatch.setattr(recon_ft.training.run, "build_module", never)
     with pytest.raises(ValueError) as err:
-        recon_ft.training.run.fit(compose_train(override))
+        recon_ft.training.run.fit(cfg_train(override))
     assert str(err.value) == message
 
 
-def test_the_default_settings_pass():
-    check_training_config(compose_train())
-    check_training_config(compose_train("experiment=paper"))
+def test_the_default_settings_pass(cfg_train):
+    check_training_config(cfg_train())
+    check_training_config(cfg_train("experiment=paper"))
 
 
-def test_a_truncated_checkpoint_is_one_error_naming_the_file(tmp_path, monkeypatch):
+def test_a_truncated_checkpoint_is_one_error_naming_the_file(tmp_path, monkeypatch, cfg_train):
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1000)}, "global_step": 4}, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     monkeypatch.setattr(recon_ft.training.run, "build_module", lambda cfg: pytest.fail("built before the check"))
     with pytest.raises(ValueError) as err:
-        recon_ft.training.run.fit(compose_train(f"ckpt_path={path}"))
+        recon_ft.training.run.fit(cfg_train(f"ckpt_path={path}"))
     assert str(err.value) == f"{path}: not a readable checkpoint (truncated, or not written by torch.save)"
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt: checkpoint file not found"):
-        recon_ft.training.run.fit(compose_train(f"ckpt_path={tmp_path}/nowhere.ckpt"))
+        recon_ft.training.run.fit(cfg_train(f"ckpt_path={tmp_path}/nowhere.ckpt"))
 
     from recon_ft.eval.load import load_checkpoint
 
@@ -108,7 +99,7 @@ def test_evaluation_loads_checkpoints_with_weights_only(tmp_path):
     (["experiment=paper"], (1e-4, 1e-4)),
     (["captioner=blip_base", "optim.captioner.lr=3e-5"], (3e-5, 1e-3)),  # the command line wins
 ])
-def test_the_learning_rate_goes_with_the_model_family(overrides, lrs):
-    cfg = compose_train(*overrides)
+def test_the_learning_rate_goes_with_the_model_family(overrides, lrs, cfg_train):
+    cfg = cfg_train(*overrides)
     assert (cfg.optim.captioner.lr, cfg.optim.generator.lr) == lrs
     assert "lr" not in cfg.captioner and "lr" not in cfg.generator  # not handed to the model builders

@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+from tests.conftest import CONF
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 
 def compose_multirun(*overrides):
-    # what `train.py -m ...` composes before handing the sweep to the launcher
+    # what `train.py -m ...` composes before handing the sweep to the launcher (not conftest's
+    # compose_train: compose() composes one run and refuses a sweep's `a,b` values)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return GlobalHydra.instance().config_loader().load_configuration(
             "train",

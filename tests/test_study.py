@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from recon_ft.experiments.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
 from recon_ft.experiments.study.plan import BASE, load_study, plan, run_dir
 from recon_ft.experiments.study.report import answer, headline_metrics, oracle_gate, shows, write_report
 from recon_ft.experiments.runner import record_runs, threads_per_job
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from tests.conftest import CONF
 
 # Fabricated values: metric "m" per config and seed (val split); test split adds 1.0 everywhere.
 VALUES = {
@@ -67,7 +64,7 @@ def fabricate(out_dir: Path, skip: tuple = ()) -> None:
 # ------------------------------------------------------------------------------------ planning
 
 
-def test_the_shipped_study_config_has_the_issue_configurations():
+def test_the_shipped_study_config_has_the_issue_configurations(cfg_train):
     cfg = load_study(CONF / "study" / "cycle.yaml")
     assert list(cfg.seeds) == [0, 1, 2] and cfg.baseline == "no_cycle"
     assert set(cfg.configs) == {"no_cycle", "img_0.1", "img_1", "txt_0.1", "txt_1", "both", "both_grads_both"}
@@ -76,8 +73,7 @@ def test_the_shipped_study_config_has_the_issue_configurations():
     assert list(cfg.eval.splits) == ["val", "test"]
     # every configuration's overrides compose with train.py's config
     for overrides in cfg.configs.values():
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            composed = compose("train", overrides=["run_dir=/tmp/x", *cfg.train_overrides, *overrides])
+        composed = cfg_train(*cfg.train_overrides, *overrides)
         assert composed.loss.lambda_img >= 0
 
 
@@ -224,12 +220,11 @@ def test_headline_metrics_without_validation_keep_everything():
 # ------------------------------------------------------------------------------------ Optuna
 
 
-def test_optuna_search_composes_and_train_returns_its_objective():
+def test_optuna_search_composes_and_train_returns_its_objective(cfg_train):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from recon_ft.training.run import objective
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["run_dir=/tmp/x", "hparams_search=optuna"], return_hydra_config=True)
+    cfg = cfg_train("hparams_search=optuna", return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.hydra.sweeper.direction == "maximize"
     assert set(cfg.hydra.sweeper.params) == {"loss.lambda_img", "loss.lambda_txt"}

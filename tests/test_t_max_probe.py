@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from recon_ft.experiments.t_max_probe import markdown, probe, x0_gain
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def test_probe_rows_on_the_zoo():
@@ -33,7 +29,5 @@ def test_x0_gain_per_prediction_type():
 
 
 @pytest.mark.parametrize("overrides, t_max", [([], 700), (["loss=paper"], None)])
-def test_t_max_default(overrides, t_max):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["run_dir=/tmp/recon_ft_cfg", *overrides])
-    assert cfg.loss.t_max == t_max
+def test_t_max_default(overrides, t_max, cfg_train):
+    assert cfg_train(*overrides).loss.t_max == t_max

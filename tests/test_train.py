@@ -7,12 +7,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from recon_ft.training.run import fit
+from tests import conftest
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SYNTHETIC_SMALL = ["data.train.size=48", "data.val.size=8"]
 SMALL = [
     "data.batch_size=4",
@@ -33,8 +32,7 @@ RANDOM_INIT = ["captioner=tiny_blip", "generator=tiny_sd"]
 
 def compose_train(run_dir: Path, *overrides: str, synthetic: bool = True):
     small = SMALL + (SYNTHETIC_SMALL if synthetic else [])
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=[f"run_dir={run_dir}", *RANDOM_INIT, *small, *overrides])
+    return conftest.compose_train(run_dir, *RANDOM_INIT, *small, *overrides)
 
 
 def trainable_state(module) -> dict[str, torch.Tensor]:

@@ -9,17 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from recon_ft.models.captioner import build_blip
-from recon_ft.models.generator import build_stable_diffusion
+from recon_ft.models.blip import build_blip
+from recon_ft.models.sd import build_stable_diffusion
 from recon_ft.zoo import RECIPES, ensure_zoo, get_recipe
 from recon_ft.zoo.build import build_models, build_zoo
 from recon_ft.zoo.data import render_split
 from recon_ft.zoo.pretrain import grammar_token_ids
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.conftest import compose_train
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +104,7 @@ def test_round_trip_through_pretrained_dir(smoke_zoo):
 def test_resolver_builds_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RECON_FT_CACHE", str(tmp_path))
     monkeypatch.setenv("RECON_FT_ZOO", "smoke")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={tmp_path}/run"])
+    cfg = compose_train(tmp_path / "run")
     path = Path(OmegaConf.to_container(cfg.captioner, resolve=True)["pretrained"])
     assert path == tmp_path / "zoo" / get_recipe("smoke").key / "captioner"
     assert (path / "config.json").is_file()
@@ -166,17 +163,15 @@ def test_the_shipped_default_zoo_is_the_default_recipes_and_meets_its_targets():
     assert build_blip(pretrained=str(directory / "captioner"), adapter={"mode": "frozen"}) is not None
 
 
-def test_default_run_finetunes_the_zoo_and_summarizes(tmp_path, capsys):
+def test_default_run_finetunes_the_zoo_and_summarizes(tmp_path, capsys, cfg_train):
     """The default config (here with the smoke recipe) trains LoRA on the zoo models loaded from
     their directories, validates the base models first, and ends with the run's summary."""
     from recon_ft.training.run import train
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"run_dir={tmp_path}", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-            "data.train.size=16", "data.val.size=4", "data.batch_size=4", "callbacks.model_checkpoint.every_n_train_steps=2",
-        ])
-    final = train(cfg)
+    final = train(cfg_train(
+        "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+        "data.train.size=16", "data.val.size=4", "data.batch_size=4", "callbacks.model_checkpoint.every_n_train_steps=2",
+    ))
     saved = OmegaConf.load(tmp_path / "config.yaml")
     assert Path(saved.captioner.pretrained) == Path(ensure_zoo()) / "captioner"
     assert not (tmp_path / "base").exists()  # the base models are the zoo's directories

@@ -114,15 +114,12 @@ def test_missing_directory_is_named(tmp_path):
         load_clip(tmp_path)
 
 
-def test_metrics_zoo_is_evals_default_and_scores_with_the_zoo_clip(tmp_path):
-    from hydra import compose, initialize_config_dir
-
+def test_metrics_zoo_is_evals_default_and_scores_with_the_zoo_clip(cfg_eval):
     from recon_ft.eval.pipeline import evaluate
-    from tests.test_eval_pipeline import CONF, FAST
+    from tests.test_eval_pipeline import FAST
 
     key = get_clip_recipe("smoke").key
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):  # no metrics= override: the default
-        cfg = compose("eval", overrides=[f"out_dir={tmp_path}", *(o for o in FAST if o != "metrics=tiny")])
+    cfg = cfg_eval(*(o for o in FAST if o != "metrics=tiny"))  # no metrics= override: the default
     assert cfg.metrics.clip._target_ == "recon_ft.eval.features.zoo_clip_features"
     metrics = evaluate(cfg)
     assert ensure_clip() == clip_dir(get_clip_recipe("smoke"))  # built on first use, into the test cache

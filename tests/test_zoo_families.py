@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -18,8 +16,6 @@ from recon_ft.zoo import RECIPES
 from recon_ft.zoo.cache import ensure_family, zoo_part
 from recon_ft.zoo.families import FAMILIES, FAMILY_RECIPES, get_family_recipe
 from recon_ft.zoo.family_build import build_family, build_model
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def test_keys_are_their_own_and_the_default_zoo_key_is_unchanged():
@@ -129,7 +125,7 @@ def test_build_is_deterministic(family, built, tmp_path):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_unet_pretraining_regresses_the_generators_target(prediction_type, monkeypatch):
     """train_unet's target, recovered from what the UNet saw: n for epsilon, v = sqrt(a) n - sqrt(1 - a) z0."""
-    from recon_ft.models.generator import build_stable_diffusion
+    from recon_ft.models.sd import build_stable_diffusion
     from recon_ft.zoo import pretrain
     from recon_ft.zoo.data import render_split
     from recon_ft.zoo.recipe import UnetRecipe
@@ -180,16 +176,14 @@ TRAIN_PAIRS = [(c, g) for c in ZOO_CAPTIONERS for g in ZOO_GENERATORS if (c, g) 
 
 
 @pytest.mark.parametrize("captioner, generator", TRAIN_PAIRS)
-def test_one_joint_training_step_from_the_zoo_variants(captioner, generator, built, tmp_path):
+def test_one_joint_training_step_from_the_zoo_variants(captioner, generator, built, tmp_path, cfg_train):
     from recon_ft.training.run import fit
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"run_dir={tmp_path}", f"captioner={captioner}", f"generator={generator}", "trainer.max_steps=1",
-            "data.train.size=8", "data.val.size=4", "data.batch_size=4", "data.eval_batch_size=4",
-            "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "loss.lambda_img=0.5",
-            "loss.lambda_txt=0.5", "trainer.log_every_n_steps=1"])
-    trainer, module = fit(cfg)
+    trainer, module = fit(cfg_train(
+        f"captioner={captioner}", f"generator={generator}", "trainer.max_steps=1",
+        "data.train.size=8", "data.val.size=4", "data.batch_size=4", "data.eval_batch_size=4",
+        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "loss.lambda_img=0.5",
+        "loss.lambda_txt=0.5", "trainer.log_every_n_steps=1"))
     assert trainer.global_step == 1
     rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")

@@ -6,15 +6,12 @@ extractors (the zoo's CLIP), gives every reconstruction correlation a value."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from recon_ft.zoo.cache import ensure_zoo, load_record
 from recon_ft.zoo.competence import TARGETS, report
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.conftest import compose_eval
 
 
 @pytest.mark.slow
@@ -34,10 +31,7 @@ def test_default_zoo_meets_its_targets(tmp_path, monkeypatch):
 
     from recon_ft.eval.pipeline import evaluate
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("eval", overrides=[f"out_dir={tmp_path / 'eval'}", "split=val", "limit=16",
-                                         "metrics.meteor=false"])
-    metrics = evaluate(cfg)
+    metrics = evaluate(compose_eval(tmp_path / "eval", "split=val", "limit=16", "metrics.meteor=false"))
     assert metrics["extractors/random"] is False
     correlations = {k: v for k, v in metrics.items() if "spearman" in k}
     assert correlations and all(isinstance(v, float) and math.isfinite(v) for v in correlations.values()), correlations
