@@ -14,10 +14,10 @@ import yaml
 
 from recon_ft.method import losses as L
 from recon_ft.eval.generation import GenerationSettings, generate_images
-from recon_ft.models.arch import generator_arch
+from recon_ft.models.archs import generator_arch
 from recon_ft.method.bridge import VocabBridge
-from recon_ft.models.captioner import build_blip
-from recon_ft.models.generator import build_stable_diffusion
+from recon_ft.models.blip import build_blip
+from recon_ft.models.sd import build_stable_diffusion
 from recon_ft.models.lora import AdapterSpec, inject_lora, matches_target
 from recon_ft.models.sdxl import SDXLCond, StableDiffusionXLGenerator, build_sdxl
 from recon_ft.method.objective import LossConfig, compute_losses
@@ -219,7 +219,11 @@ def test_eval_item_through_the_family_pipeline(family):
     images = generate_images(gen, ["a small red circle", "a blue star"], [3, 4], s, steps=2)
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
     again = generate_images(gen, ["a small red circle"], [3], s, steps=2)
-    torch.testing.assert_close(again[0], images[0])  # the seed fixes the image
+    # The seed fixes the image. A batch of 1 and a batch of 2 run different kernels, whose float
+    # rounding can flip a pixel across a 1/255 quantisation step (seen on some CPUs): allow that
+    # much, in a few pixels; another seed's image differs almost everywhere.
+    torch.testing.assert_close(again[0], images[0], atol=1 / 255 + 1e-6, rtol=0)
+    assert (again[0] != images[0]).float().mean() < 0.01
 
 
 @pytest.mark.parametrize("name", ["sd2", "sdxl"])
@@ -295,7 +299,7 @@ def test_zero_terminal_snr_schedule_ends_in_pure_noise(tmp_path):
     """The zoo's schedule: SD v1's betas rescaled so that the training scheduler's last step is pure
     noise (alpha_bar = 0 exactly), the sampler starts there ("trailing"), v-prediction; through
     save and load; epsilon is refused (undefined at alpha_bar = 0)."""
-    from recon_ft.models.tiny import zero_snr_scheduler_config
+    from recon_ft.models.sd.configs import zero_snr_scheduler_config
 
     gen = build_stable_diffusion(tiny={"sample_size": 32, "prediction_type": "v_prediction",
                                        "zero_terminal_snr": True})
@@ -317,7 +321,7 @@ def test_switched_sampler_keeps_a_zero_snr_schedule():
     """eval's `generation.scheduler` on a zero-terminal-SNR model: a class that rescales its betas
     samples the trained schedule; PNDM, which would silently drop the rescaling, is refused."""
     from recon_ft.models.generator import sampler_from_config
-    from recon_ft.models.tiny import zero_snr_scheduler_config
+    from recon_ft.models.sd.configs import zero_snr_scheduler_config
 
     config = zero_snr_scheduler_config()
     from diffusers import DDPMScheduler
