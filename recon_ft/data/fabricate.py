@@ -1,4 +1,4 @@
-"""Small fixture datasets written in exactly the standard formats (DESIGN.md section 9).
+"""Small fixture datasets written in exactly the standard formats (docs/design.md, "The data contract").
 
 Images are rendered synthetic scenes and captions their grammar captions, so a fixture is
 learnable and checkable with `parse_caption`. Options add one broken entry each (always in

@@ -2,7 +2,7 @@
 network for FID / IS, and SBERT (text similarity).
 
 Every extractor is configurable: real weights for a user who has them, tiny random networks for
-tests and the synthetic benchmark (DESIGN.md section 5). Nothing here downloads anything unless
+tests and the synthetic benchmark (docs/design.md, "Working offline"). Nothing here downloads anything unless
 the user explicitly asks for it (an open_clip pretrained *tag*, see ``open_clip_features``).
 
 Conventions shared by all image extractors: input images are float tensors (B, 3, H, W) with

@@ -1,6 +1,6 @@
 """Statistics of the reconstruction analyses (pure numpy): rank correlations and candidate selection.
 
-The I2T2I / T2I2T study (DESIGN.md section 1) scores k candidates per item (k captions of an image,
+The I2T2I / T2I2T study (docs/design.md, "What it is for") scores k candidates per item (k captions of an image,
 or k images of a caption) with several measures, then asks (a) how well two measures agree
 (``spearman`` / ``pearson``, over all candidates or within each item with ``rowwise_spearman``) and
 (b) what choosing one candidate per item by a measure buys (``select`` / ``selection_table``): e.g.

@@ -1,6 +1,6 @@
 """The synthetic model zoo: small BLIP and Stable Diffusion base models pretrained with full
 weights on the built-in shapes benchmark, playing the part of the real pretrained checkpoints
-(DESIGN.md section 6). They are saved in the standard formats and loaded through the same
+(docs/design.md, "The synthetic benchmark and the zoo"; docs/zoo.md). They are saved in the standard formats and loaded through the same
 `pretrained=<dir>` path as real weights; `${zoo:captioner}` / `${zoo:generator}` in a config
 name them, building the zoo on first use.
 

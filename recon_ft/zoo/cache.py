@@ -114,8 +114,8 @@ def zoo_part(part: str, name: str | None = None) -> str:
 
 
 # Build minutes of the family variants on one core, said before a first-use build starts: the smoke
-# recipe's, and each family's default recipe's from its step rates on a free core (README, "Other
-# model families in the zoo", has the builds' wall times beside other jobs).
+# recipe's, and each family's default recipe's from its step rates on a free core (docs/zoo.md,
+# "Other model families in the zoo", has the builds' wall times beside other jobs).
 FAMILY_MINUTES = {"smoke": 0.1, "default": {"blip2_opt": 16, "blip2_t5": 24, "git": 16, "sd2": 28, "sdxl": 45}}
 
 

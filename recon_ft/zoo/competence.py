@@ -9,7 +9,7 @@ import torch
 from recon_ft.data.synthetic import Scene, colour_match, parse_caption, score_caption
 from recon_ft.zoo.data import RenderedSplit, render_split, to_unit_range
 
-# Minimums a zoo should reach (README "Synthetic model zoo"); the build reports them, never forces them.
+# Minimums a zoo should reach (docs/zoo.md, "What the zoo reaches"); the build reports them, never forces them.
 TARGETS = {"caption_exact": 0.85, "gen_colour": 0.8, "gen_count": 0.8, "vae_psnr_test": 28.0}
 
 

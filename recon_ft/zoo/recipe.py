@@ -55,7 +55,7 @@ class UnetRecipe:
 
     cross_attention_dim: int = 32
     # 5,000: on 64 val items colour / count were 0.69 / 0.67 after 2,000 steps (cosine over 2,000)
-    # and 0.95 / 0.91 after 5,000 (README, "Synthetic model zoo"). Too long for a first-use build on
+    # and 0.95 / 0.91 after 5,000 (docs/zoo.md, "The generator's noise schedule"). Too long for a first-use build on
     # 2 cores (about 40 minutes), so the package ships this recipe's weights (recon_ft/zoo/shipped).
     steps: int = 5000
     batch_size: int = 32
@@ -75,7 +75,7 @@ class ZooRecipe:
     render_size: int = 64  # the benchmark's image size; the captioner sees it as is
     generator_size: int = 32  # the generator's resolution (latents are half of it)
     # The generator's noise schedule: SD v1's betas rescaled to zero terminal SNR, with
-    # v-prediction and a DDIM sampler (recon_ft.models.tiny.zero_snr_scheduler_config). SD v1's
+    # v-prediction and a DDIM sampler (recon_ft.models.sd.configs.zero_snr_scheduler_config). SD v1's
     # own schedule leaks a small latent's colours through t = 999, and the UNet learns to rely on it.
     prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = True
@@ -86,12 +86,12 @@ class ZooRecipe:
     summary_items: int = 64
 
     def captioner_sizes(self) -> dict:
-        """`tiny=` of recon_ft.models.captioner.build_blip."""
+        """`tiny=` of recon_ft.models.blip.build_blip."""
         c = self.captioner
         return dict(image_size=c.image_size, patch_size=c.patch_size, hidden_size=c.hidden_size, num_layers=c.num_layers)
 
     def generator_sizes(self) -> dict:
-        """`tiny=` of recon_ft.models.generator.build_stable_diffusion."""
+        """`tiny=` of recon_ft.models.sd.build_stable_diffusion."""
         return dict(sample_size=self.generator_size, cross_attention_dim=self.unet.cross_attention_dim,
                     prediction_type=self.prediction_type, zero_terminal_snr=self.zero_terminal_snr)
 
