@@ -143,11 +143,18 @@ def compute_losses(
         out["bridge_mass"] = bridge.mass_coverage(probs.detach(), caption_mask)
 
     if w["t2i2t"]:
-        rows = (t < cfg.t_max) if cfg.t_max else torch.ones_like(t, dtype=torch.bool)
-        if rows.any():
-            z0_hat = L.predict_x0(zt[rows], pred[rows], alpha_bar[rows], generator.prediction_type)
+        # Without t_max every row takes part: nothing to select, nothing read on the host. With it,
+        # which rows qualify is known on the device only: their indices are read once (a host sync
+        # on a GPU), for the test and every selection, rather than a boolean mask per tensor.
+        rows = torch.nonzero(t < cfg.t_max).squeeze(1) if cfg.t_max else None
+        if rows is None or rows.numel():
+            if rows is None:
+                z0_hat = L.predict_x0(zt, pred, alpha_bar, generator.prediction_type)
+                sub = tokens
+            else:
+                z0_hat = L.predict_x0(zt[rows], pred[rows], alpha_bar[rows], generator.prediction_type)
+                sub = tokens.select(rows)
             x_hat = generator.decode_latents(z0_hat).clamp(-1, 1)  # (b', 3, H, W)
-            sub = tokens.select(rows)
             logits_hat = captioner.logits(captioner.preprocess(x_hat), sub, critic=critic)
             out["loss_t2i2t"] = L.text_cycle_loss(logits_hat, sub.labels, cfg.label_smoothing)
         else:  # no row qualifies this batch: a zero that still touches the graph (DDP needs that)

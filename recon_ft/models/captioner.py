@@ -43,6 +43,7 @@ class CaptionTokens:
         )
 
     def select(self, rows: torch.Tensor) -> "CaptionTokens":
+        """The tokens of `rows`: a boolean mask or row indices (indices need no host read of a mask)."""
         return CaptionTokens(self.input_ids[rows], self.attention_mask[rows], self.labels[rows], self.prompt_length)
 
 

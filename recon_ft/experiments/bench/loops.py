@@ -16,6 +16,7 @@ import torch
 
 from recon_ft.experiments.bench.batches import make_loader, to_device
 from recon_ft.method.objective import LossConfig, compute_losses
+from recon_ft.training.allocator import retain_step_memory
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
@@ -63,6 +64,8 @@ def run_plain(
     GradScaler, unscaled before clipping. It runs warmup + steps + 1 steps, the last untimed.
     """
     module.to(device)  # train/eval modes stay as the caller set them, as under Lightning 2.6's fit
+    if device.type == "cpu":
+        retain_step_memory()  # the host heap settings ReconModule's fit makes (on_fit_start)
     conf = module.configure_optimizers()
     optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     optimizer.zero_grad(set_to_none=True)  # nothing left over from an earlier run
