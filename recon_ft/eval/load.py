@@ -135,7 +135,7 @@ def load_checkpoint(path: Path) -> dict:
     project's own checkpoints hold nothing else). One error naming the file otherwise."""
     import pickle
 
-    from recon_ft.training.settings import check_checkpoint_file
+    from recon_ft.training.checks import check_checkpoint_file
 
     check_checkpoint_file(path)  # present and a whole torch.save archive
     try:

@@ -145,15 +145,14 @@ def compute_losses(
     if w["t2i2t"]:
         # Without t_max every row takes part: nothing to select, nothing read on the host. With it,
         # which rows qualify is known on the device only: their indices are read once (a host sync
-        # on a GPU), for the test and every selection, rather than a boolean mask per tensor.
-        rows = torch.nonzero(t < cfg.t_max).squeeze(1) if cfg.t_max else None
-        if rows is None or rows.numel():
-            if rows is None:
-                z0_hat = L.predict_x0(zt, pred, alpha_bar, generator.prediction_type)
-                sub = tokens
-            else:
-                z0_hat = L.predict_x0(zt[rows], pred[rows], alpha_bar[rows], generator.prediction_type)
-                sub = tokens.select(rows)
+        # on a GPU) and serve every selection, rather than a boolean mask per tensor.
+        if cfg.t_max:
+            rows = torch.nonzero(t < cfg.t_max).squeeze(1)  # (b',)
+            zt_c, pred_c, alpha_c, sub = zt[rows], pred[rows], alpha_bar[rows], tokens.select(rows)
+        else:
+            zt_c, pred_c, alpha_c, sub = zt, pred, alpha_bar, tokens
+        if len(zt_c):
+            z0_hat = L.predict_x0(zt_c, pred_c, alpha_c, generator.prediction_type)
             x_hat = generator.decode_latents(z0_hat).clamp(-1, 1)  # (b', 3, H, W)
             logits_hat = captioner.logits(captioner.preprocess(x_hat), sub, critic=critic)
             out["loss_t2i2t"] = L.text_cycle_loss(logits_hat, sub.labels, cfg.label_smoothing)

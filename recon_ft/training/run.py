@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recon_ft.training.module import ReconModule
-from recon_ft.training.settings import check_training_config
+from recon_ft.training.checks import check_training_config
 from recon_ft.training.summary import write_summary
 from recon_ft.utils import is_rank_zero
 

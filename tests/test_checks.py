@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import recon_ft.training.run
-from recon_ft.training.settings import check_training_config
+from recon_ft.training.checks import check_training_config
 
 @pytest.mark.parametrize("override, message", [
     ("optim.captioner.lr=-1", "optim.captioner.lr: expected >= 0, got -1"),
