@@ -154,3 +154,26 @@ def test_bf16_true_keeps_the_schedule_float32_and_feeds_the_vae_its_dtype():
     assert seen == [torch.bfloat16] and torch.isfinite(moments.float()).all()
     latents = torch.randn(2, 4, *moments.shape[-2:])
     assert generator.decode_latents(latents).dtype == torch.bfloat16
+
+
+def test_fp16_scale_search_is_not_a_nonfinite_step(module):
+    """Under 16-mixed the grad scaler starts high and halves its scale after each overflow, skipping
+    that step itself: a normal warm-up of several overflows in a row must neither stop the run nor
+    be counted as non-finite steps."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    ok = fake_batch(module.captioner, module.generator)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)  # overflows fp16 gradients at first
+    snaps = Snapshots()
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=12, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[snaps],
+    )
+    loader = torch.utils.data.DataLoader([ok] * 12, batch_size=None, collate_fn=lambda b: b)
+    trainer.fit(module, train_dataloaders=loader)  # max_nonfinite_steps=2 would stop it at the 2nd overflow
+    assert module._nonfinite_total == 0
+    assert module._scaler_skipped_steps > module.max_nonfinite_steps  # the scale search did happen
+    assert scaler.get_scale() < 2.0**24
+    first, last = snaps.states[0], snaps.states[-1]
+    assert any(not torch.equal(last[n], first[n]) for n in first)  # and training went on after it
+    assert all(torch.isfinite(v).all() for v in last.values())

@@ -16,6 +16,10 @@ from recon_ft.training.optim import OptimConfig, lr_lambda
 
 log = logging.getLogger(__name__)
 
+# A 16-mixed grad scaler starts at 2**16 and halves after each overflow; from 1 down an overflow is
+# not a scale too high for fp16 but gradients that are not finite at any scale.
+MIN_GRAD_SCALE = 1.0
+
 
 def build_frozen_cache(cfg, generator) -> FrozenCache | None:
     """The cache of frozen computations a `frozen_cache` config asks for, or None."""
@@ -58,6 +62,7 @@ class ReconModule(L.LightningModule):
         self._bad_unplaced = 0
         self._nonfinite_total = 0
         self._nonfinite_run = 0  # consecutive
+        self._scaler_skipped_steps = 0  # 16-mixed overflows the grad scaler skipped (not counted above)
         self._skip_step = False
 
     # -- parameters -------------------------------------------------------------------------------
@@ -154,6 +159,11 @@ class ReconModule(L.LightningModule):
         # clipping and the optimizer step: the gradients checked are the ones the step would apply.
         skip, self._skip_step = self._skip_step, False
         if not skip and not self._grads_finite(optimizer):
+            if self._scaler_searching():
+                # fp16's grad scaler found an overflow: it skips this step itself and halves its
+                # scale. A run of these is the scaler's normal search for a scale, not a fault.
+                self._scaler_skipped_steps += 1
+                return
             skip = True
             self._count_nonfinite("non-finite gradients")
         if skip:
@@ -162,6 +172,13 @@ class ReconModule(L.LightningModule):
                     p.grad = None
         else:
             self._nonfinite_run = 0
+
+    def _scaler_searching(self) -> bool:
+        """Whether a 16-mixed grad scaler still has room to lower its scale. Below MIN_GRAD_SCALE an
+        overflow is no longer a scale that is too high but gradients that are inf / NaN at any
+        scale, and is counted as a non-finite step like any other."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return scaler is not None and scaler.is_enabled() and scaler.get_scale() >= MIN_GRAD_SCALE
 
     def nonfinite_parameters(self) -> list[str]:
         """Names of trainable parameters holding inf or NaN (none, unless a step slipped through)."""
@@ -211,6 +228,8 @@ class ReconModule(L.LightningModule):
         # them too; the bad items are the union over ranks (a padded shard repeats items).
         totals = {"data/bad_samples": float(self._bad_samples_all_ranks()),
                   "train/nonfinite_steps": float(self._nonfinite_total)}
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            totals["train/scaler_skipped_steps"] = float(self._scaler_skipped_steps)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(totals, step=self.global_step)
@@ -262,6 +281,7 @@ class ReconModule(L.LightningModule):
             "bad_items": sorted(self._bad_items),  # positions in the training set
             "bad_unplaced": self._bad_unplaced,
             "nonfinite_steps": self._nonfinite_total,
+            "scaler_skipped_steps": self._scaler_skipped_steps,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -275,3 +295,4 @@ class ReconModule(L.LightningModule):
         self._bad_items = set(counters.get("bad_items", ()))
         self._bad_unplaced = counters.get("bad_unplaced", 0)
         self._nonfinite_total = counters.get("nonfinite_steps", 0)
+        self._scaler_skipped_steps = counters.get("scaler_skipped_steps", 0)
