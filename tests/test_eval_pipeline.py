@@ -109,8 +109,11 @@ def check_selections(rows: list[dict], metrics: dict, similarity: str) -> None:
         assert metrics[f"t2i2t/spearman_clip_{name}"] == spearman(flat["t2i2t"]["clip_score"], flat["t2i2t"][name])
 
 
-def test_synthetic_default_writes_every_output_and_is_reproducible(tmp_path):
+def test_synthetic_default_writes_every_output_and_is_reproducible(tmp_path, capsys):
     metrics = run_eval(tmp_path / "a", "metrics.meteor=true")
+    # the summary says which split it scored and what that split holds (test: held-out compositions)
+    assert "split: test (held-out compositions" in capsys.readouterr().out
+    assert "held-out compositions" in (tmp_path / "a" / "report.html").read_text()
     check_outputs(tmp_path / "a", metrics, n=4, k=2)
     assert isinstance(metrics["caption/METEOR"], float)
     for key in ["synthetic/caption_exact", "synthetic/caption_parsed", "synthetic/gen_colour",

@@ -230,6 +230,7 @@ def test_no_warning_for_real_extractors():
                     "extractors/fid_real": "center_crop"}
     assert random_warning(info) is None
     assert console_summary({**info, "gen/FID": 12.5}, "out") == "evaluation: out\nFID 12.5"
+    assert console_summary({"gen/FID": 12.5}, "out", split="val, 4 items") == "evaluation: out\nsplit: val, 4 items\nFID 12.5"
 
 
 # ------------------------------------------------------------------------------------ item 16: multirun summary

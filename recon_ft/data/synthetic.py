@@ -295,6 +295,15 @@ def colour_match(image: np.ndarray | Image.Image, scene: Scene) -> dict[str, flo
 # ----------------------------------------------------------------------------- dataset
 
 
+# What each split holds, for a reader of its scores (eval.py's summary and report).
+SPLIT_CONTENTS = {
+    "train": "seen compositions (no held-out colour-kind pair)",
+    "val": "seen compositions (no held-out colour-kind pair), items disjoint from train",
+    "test": "held-out compositions: every scene has a colour-kind pair never seen in train or val, so "
+            "a captioner that names only seen pairs scores caption exact 0 here",
+}
+
+
 class SyntheticCaptions(Dataset):
     """`size` items of one split of the shapes benchmark, as raw samples.
 
@@ -318,6 +327,10 @@ class SyntheticCaptions(Dataset):
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def contents(self) -> str:
+        return SPLIT_CONTENTS[self.split]
 
     @property
     def num_bad_at_index(self) -> int:

@@ -159,9 +159,11 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         notes.append(f"{module.n_bad + bad_at_index} bad samples skipped (missing / unreadable image or no caption)")
     analyzed = time.perf_counter()
 
+    contents = getattr(datamodule.datasets[cfg.split], "contents", None)
+    split = f"{cfg.split} ({contents})" if contents else cfg.split
     info = {
         "models": pair.source,
-        "split": cfg.split,
+        "split": split,
         "items": len(rows),
         "k": predict_settings.k,
         "diffusion steps": predict_settings.steps,
@@ -187,5 +189,5 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     log.info("evaluation of %d items written to %s (%.0f s)", len(rows), out_dir, end - start)
     for note in notes:
         log.warning(note)
-    print(report.console_summary(metrics, out_dir), flush=True)
+    print(report.console_summary(metrics, out_dir, split=f"{split}, {len(rows)} items"), flush=True)
     return metrics

@@ -218,6 +218,7 @@ class Head(Dataset):
     def __init__(self, dataset: Dataset, n: int):
         self.dataset, self.n = dataset, min(int(n), len(dataset))  # type: ignore[arg-type]
         self.bad_at_index = list(getattr(dataset, "bad_at_index", []))
+        self.contents = getattr(dataset, "contents", None)
 
     def __len__(self) -> int:
         return self.n

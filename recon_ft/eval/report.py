@@ -62,9 +62,12 @@ def random_warning(metrics: dict[str, Any]) -> str | None:
             "good they look. Use metrics=real for numbers comparable with the literature.")
 
 
-def console_summary(metrics: dict[str, Any], out_dir: Path) -> str:
-    """A few lines for the terminal: the warning, the headline numbers, the selections."""
+def console_summary(metrics: dict[str, Any], out_dir: Path, split: str | None = None) -> str:
+    """A few lines for the terminal: the split scored, the warning, the headline numbers, the
+    selections."""
     lines = [f"evaluation: {out_dir}"]
+    if split:
+        lines.append(f"split: {split}")
     warning = random_warning(metrics)
     if warning:
         lines.append("WARNING: " + warning)
