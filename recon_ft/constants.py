@@ -8,6 +8,8 @@ their inputs with the same statistics, as do the CLIP feature extractors of the 
 
 from pathlib import Path
 
+import torch
+
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
@@ -15,3 +17,9 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 # configs the entry points do, so that no setting is written twice.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
+
+# The dtype every pretrained model loads in (transformers' `dtype=`, diffusers' `torch_dtype=`). Left
+# unstated, transformers 5 loads with dtype="auto": a published config that says float16 (SDXL's text
+# encoders) would give fp16 weights beside an fp32 UNet and VAE. Bases and LoRA weights are fp32;
+# mixed precision comes from the trainer's `precision`, not from the weights.
+LOAD_DTYPE: torch.dtype = torch.float32

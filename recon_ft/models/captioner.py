@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recon_ft.constants import CLIP_MEAN, CLIP_STD
+from recon_ft.constants import CLIP_MEAN, CLIP_STD, LOAD_DTYPE
 from recon_ft.utils import is_rank_zero
 from recon_ft.models.lora import AdapterSpec, critic_checkpoint_context, unfreeze_modules
 
@@ -208,14 +208,15 @@ def load_or_init(model_class, processor_class, pretrained: str | None, arch: str
                  init_seed: int, archs: dict, tiny_config, offline_processor):
     """(model, processor): the first half of every captioner builder.
 
-    `pretrained` (hub id or local directory): both loaded with the family's classes. Otherwise, no
+    `pretrained` (hub id or local directory): both loaded with the family's classes, the model in
+    float32 whatever dtype its config.json names (recon_ft.constants.LOAD_DTYPE). Otherwise, no
     download: the config is the published architecture `archs[arch]()` or `tiny_config(**tiny)`,
     `offline_processor(config)` makes the processor with a tokenizer built offline (it may set
     config fields that depend on the tokenizer, e.g. BLIP-2's image token id) and the weights are
     random, the same for the same `init_seed`.
     """
     if pretrained:
-        return model_class.from_pretrained(pretrained), processor_class.from_pretrained(pretrained)
+        return model_class.from_pretrained(pretrained, dtype=LOAD_DTYPE), processor_class.from_pretrained(pretrained)
     if arch and tiny:
         raise ValueError("captioner: give `arch` or `tiny`, not both")
     if arch and arch not in archs:

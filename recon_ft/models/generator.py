@@ -31,6 +31,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from recon_ft.constants import LOAD_DTYPE
 from recon_ft.utils import is_rank_zero
 from recon_ft.models.lora import AdapterSpec, critic_call, critic_checkpoint_context, inject_lora, unfreeze_modules
 
@@ -310,7 +311,7 @@ def build_cycle_decoder(kind: str, vae, pretrained: str | None = None, init_seed
 
     latent_channels = int(vae.config.latent_channels)
     if pretrained:
-        decoder = AutoencoderTiny.from_pretrained(pretrained)
+        decoder = AutoencoderTiny.from_pretrained(pretrained, torch_dtype=LOAD_DTYPE)
         if int(decoder.config.latent_channels) != latent_channels:
             raise ValueError(
                 f"cycle_decoder_pretrained: {decoder.config.latent_channels} latent channels, the VAE has "
@@ -358,8 +359,10 @@ def load_or_init_parts(pretrained: str | None, arch: str | None, tiny: dict | No
     """The generator class's arguments by the pipeline's component names (vae, unet, scheduler,
     text_encoder[_2], tokenizer[_2]): the first half of every generator builder.
 
-    `pretrained` (hub id or pipeline directory): each loaded from its subfolder, the text encoders
-    with the classes of `text_encoders` ({name: class}), each with its CLIP tokenizer. Otherwise, no
+    `pretrained` (hub id or pipeline directory): each loaded from its subfolder in float32, whatever
+    dtype its config names (recon_ft.constants.LOAD_DTYPE; SDXL's text encoders say float16), the
+    text encoders with the classes of `text_encoders` ({name: class}), each with its CLIP tokenizer.
+    Otherwise, no
     download: the published architecture `archs[arch]()` or `tiny_parts(**tiny)` with random
     weights, the same for the same `init_seed`; the tokenizers they do not bring are made by
     `tokenizers` ({name: function of no arguments}).
@@ -398,13 +401,13 @@ def _pipeline_parts(pretrained: str, text_encoders: dict) -> dict:
     from transformers import CLIPTokenizer
 
     parts = dict(
-        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
-        unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
+        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=LOAD_DTYPE),
+        unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", torch_dtype=LOAD_DTYPE),
         scheduler=_load_scheduler(pretrained),
     )
     for name, model_class in text_encoders.items():
         tokenizer = name.replace("text_encoder", "tokenizer")  # text_encoder_2 -> tokenizer_2
-        parts[name] = model_class.from_pretrained(pretrained, subfolder=name)
+        parts[name] = model_class.from_pretrained(pretrained, subfolder=name, dtype=LOAD_DTYPE)
         parts[tokenizer] = CLIPTokenizer.from_pretrained(pretrained, subfolder=tokenizer)
     return parts
 
