@@ -36,8 +36,12 @@ CASES = {
 def _meta_model(arch: str, class_name: str):
     import transformers
 
+    from recon_ft.models.blip2.model import untie_t5_lm_head
+
     with torch.device("meta"):
-        return getattr(transformers, class_name)(captioner_arch(arch))
+        model = getattr(transformers, class_name)(captioner_arch(arch))
+        # as build_blip2 does: Flan-T5's lm_head is its own matrix (tie_word_embeddings: false)
+        return untie_t5_lm_head(model) if class_name == "Blip2ForConditionalGeneration" else model
 
 
 @pytest.mark.parametrize("config_name", sorted(CASES))
@@ -78,10 +82,15 @@ def _split_top_level(pattern: str) -> list[str]:
 
 def test_real_architecture_sizes():
     """Parameter counts (millions) of the written-out configs, so that an edit to one shows up here.
-    BLIP base's 224M is the number the arch module's docstring gives."""
+    BLIP base's 224M is the number the arch module's docstring gives; BLIP-2 Flan-T5-XL's 3942M and
+    GIT large's 394M are the published checkpoints' (GIT's output layer is its own matrix, as
+    published: 23.5M of the 394M)."""
+    archs = {name: (arch, cls) for name, (arch, cls, _) in CASES.items()}
+    archs["git_large"] = ("git_large", "GitForCausalLM")
     sizes = {name: round(sum(p.numel() for p in _meta_model(arch, cls).parameters()) / 1e6)
-             for name, (arch, cls, _) in CASES.items()}
-    assert sizes == {"blip_base": 224, "blip_large": 446, "blip2_opt": 3745, "blip2_flan_t5": 3877, "git_base": 177}
+             for name, (arch, cls) in archs.items()}
+    assert sizes == {"blip_base": 224, "blip_large": 446, "blip2_opt": 3745, "blip2_flan_t5": 3942, "git_base": 177,
+                     "git_large": 394}
 
 
 def test_unknown_arch_names_the_choices():

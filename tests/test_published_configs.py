@@ -1,5 +1,7 @@
 """The published checkpoints' config quirks, reproduced on tiny models saved here and loaded back
-through the builders (no hub access): a config.json that names float16 (SDXL's text encoders)."""
+through the builders (no hub access): a config.json that names float16 (SDXL's text encoders),
+`tie_word_embeddings: false` (BLIP-2 Flan-T5-XL), OPT's padded vocabulary (BLIP-2 OPT-2.7b: 50,304
+rows)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import pytest
 import torch
 
 from recon_ft.models.blip import build_blip
+from recon_ft.models.blip2 import build_blip2
+from recon_ft.models.blip2.configs import blip2_opt_arch
 from recon_ft.models.sdxl import build_sdxl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +57,83 @@ def test_captioner_with_fp16_config_loads_in_float32(tmp_path):
     build_blip(tiny={"image_size": 32}).save_base(tmp_path)
     _as_published_fp16(tmp_path)
     assert _dtypes(build_blip(pretrained=str(tmp_path)).model) == {torch.float32}
+
+
+def _lm_head_is_tied(captioner) -> bool:
+    lm = captioner.model.language_model
+    return lm.lm_head.weight is lm.shared.weight
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+T5_TINY = {"language_model": "t5", "image_size": 32}
+
+
+def test_flan_t5_arch_has_the_published_untied_size():
+    """Salesforce/blip2-flan-t5-xl: 3,942,446,592 parameters (3.94B), lm_head (32,128 x 2,048) its own."""
+    with torch.device("meta"):
+        captioner = build_blip2(arch="blip2_flan_t5_xl")
+    assert not _lm_head_is_tied(captioner)
+    assert _count(captioner.model) == 3_942_446_592
+    lm = captioner.model.language_model
+    # the input embeddings stay shared by encoder and decoder
+    assert lm.encoder.embed_tokens.weight is lm.shared.weight is lm.decoder.embed_tokens.weight
+
+
+def test_untied_t5_keeps_its_lm_head_through_save_and_load(tmp_path):
+    captioner = build_blip2(tiny=T5_TINY)
+    assert not _lm_head_is_tied(captioner)
+    lm = captioner.model.language_model
+    vocab, width = lm.shared.weight.shape
+    assert _count(captioner.model) == _count(captioner.model.vision_model) + _count(captioner.model.qformer) + \
+        _count(captioner.model.language_projection) + captioner.model.query_tokens.numel() + _count(lm)
+    with torch.no_grad():  # as published: the head differs from the embeddings
+        lm.lm_head.weight.add_(1.0)
+    captioner.save_base(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["text_config"]["scale_decoder_outputs"] is False
+    loaded = build_blip2(pretrained=str(tmp_path))
+    assert not _lm_head_is_tied(loaded)
+    assert _count(loaded.model) == _count(captioner.model)
+    torch.testing.assert_close(loaded.model.language_model.lm_head.weight, lm.lm_head.weight)
+    torch.testing.assert_close(loaded.model.language_model.shared.weight, lm.shared.weight)
+    assert _count(loaded.model.language_model.lm_head) == vocab * width
+
+
+def test_untied_t5_saved_with_equal_matrices_loads_untied(tmp_path):
+    """A random-init base saves lm_head as a copy of the embeddings; transformers would tie equal
+    matrices on load, the builder unties them again (same count as the base it saved)."""
+    captioner = build_blip2(tiny=T5_TINY)
+    captioner.save_base(tmp_path)
+    loaded = build_blip2(pretrained=str(tmp_path))
+    assert not _lm_head_is_tied(loaded)
+    assert _count(loaded.model) == _count(captioner.model)
+    # resizing calls tie_weights(): the head stays its own
+    loaded.model.language_model.tie_weights()
+    assert not _lm_head_is_tied(loaded)
+
+
+def test_opt_arch_has_the_revised_vocabulary():
+    """Salesforce/blip2-opt-2.7b's config.json: vocab_size 50,304 (50,265 + "<image>", padded to 64)."""
+    config = blip2_opt_arch()
+    assert config.text_config.vocab_size == 50304 and config.text_config.vocab_size % 64 == 0
+    assert config.image_token_index == 50265 < config.text_config.vocab_size
+    with torch.device("meta"):
+        captioner = build_blip2(arch="blip2_opt_2.7b")
+    assert captioner.model.language_model.get_input_embeddings().weight.shape == (50304, 2560)
+    assert _count(captioner.model) == 3_744_761_856
+
+
+def test_opt_padded_vocabulary_survives_save_and_load(tmp_path):
+    """A tiny OPT BLIP-2 whose embeddings are padded to a multiple of 64 past its tokenizer, as the
+    published one, loads back with every row."""
+    captioner = build_blip2(tiny={"language_model": "opt", "image_size": 32, "vocab_size": 640})
+    captioner.save_base(tmp_path)
+    loaded = build_blip2(pretrained=str(tmp_path))
+    assert loaded.model.language_model.get_input_embeddings().weight.shape[0] == 640
+    assert _count(loaded.model) == _count(captioner.model)
 
 
 @pytest.mark.parametrize("path", ["recon_ft/models/captioner.py", "recon_ft/models/generator.py"])

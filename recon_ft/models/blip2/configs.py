@@ -35,9 +35,10 @@ def _blip2_vision_qformer() -> dict:
 
 
 def blip2_opt_arch():
-    """Blip2Config of Salesforce/blip2-opt-2.7b (3.9B parameters): OPT-2.7b as the language model.
+    """Blip2Config of Salesforce/blip2-opt-2.7b (3.74B parameters): OPT-2.7b as the language model.
 
-    OPT's vocabulary is 50,265 BPE tokens + "<image>" (50265), padded to 50,272 rows; captions end
+    OPT's vocabulary is 50,265 BPE tokens + "<image>" (50265), padded to 50,304 rows (a multiple of
+    64; the hub's config was revised from OPT's own 50,272 when "<image>" was added); captions end
     with "\n" (50118), the language model config's eos, as in LAVIS's training.
     """
     from transformers import Blip2Config
@@ -46,7 +47,7 @@ def blip2_opt_arch():
         **_blip2_vision_qformer(),
         text_config=dict(
             model_type="opt",
-            vocab_size=50272,
+            vocab_size=50304,
             hidden_size=2560,
             ffn_dim=10240,
             num_hidden_layers=32,
@@ -66,9 +67,11 @@ def blip2_opt_arch():
 
 
 def blip2_flan_t5_arch():
-    """Blip2Config of Salesforce/blip2-flan-t5-xl (3.9B parameters): Flan-T5-XL's encoder-decoder.
+    """Blip2Config of Salesforce/blip2-flan-t5-xl (3.94B parameters): Flan-T5-XL's encoder-decoder.
 
     T5's vocabulary is 32,100 SentencePiece tokens + "<image>" (32100), padded to 32,128 rows.
+    `tie_word_embeddings: false`: lm_head is its own matrix (recon_ft.models.blip2.model.untie_t5_lm_head;
+    transformers 5's T5Config alone would tie it).
     """
     from transformers import Blip2Config
 

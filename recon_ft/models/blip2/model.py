@@ -18,7 +18,7 @@ placeholder ids (transformers swaps the embeddings in). Two language-model kinds
   the caption and its </s>, and logits[:, i] (decoder position i) predicts input_ids[:, i + 1].
   The losses need nothing else: the soft caption is read off the decoder's logits as for BLIP.
 
-Released checkpoints pad their embedding matrices past the tokenizer (OPT 50,272 rows for 50,266
+Released checkpoints pad their embedding matrices past the tokenizer (OPT 50,304 rows for 50,266
 tokens, T5 32,128 for 32,101); `logits` returns the tokenizer's columns only, which are what the
 vocabulary bridge maps (the padding rows are no tokens and are never trained towards).
 """
@@ -170,8 +170,32 @@ def build_blip2(
         Blip2ForConditionalGeneration, AutoProcessor, pretrained, arch, tiny, init_seed,
         archs=ARCHS, tiny_config=tiny_blip2_config, offline_processor=_offline_processor,
     )
+    untie_t5_lm_head(model)
     captioner = Blip2Captioner(model, processor, prompt=prompt, max_length=max_length, caption_end=caption_end)
     return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
+
+
+def untie_t5_lm_head(model):
+    """Give a T5 language model whose config says `tie_word_embeddings: false` its own `lm_head`, as the
+    published Flan-T5 checkpoints have (BLIP-2 Flan-T5-XL: 3.94B parameters, 65.8M of them lm_head).
+
+    transformers 5's T5Config reads `tie_word_embeddings: false` as "do not scale the decoder's
+    output" (scale_decoder_outputs) and then sets tie_word_embeddings to True, so that a model built
+    from the config shares lm_head with the input embeddings, and a checkpoint whose two matrices
+    are equal (a random-init base saved here) loads tied again. Untied here, lm_head starts as a
+    copy of the embeddings (the same outputs as the tied model); the input embeddings stay shared
+    between encoder and decoder, as published. A no-op for OPT and for T5 models that do tie.
+    """
+    lm = model.language_model
+    if lm.config.model_type != "t5" or getattr(lm.config, "scale_decoder_outputs", True):
+        return model
+    if lm.lm_head.weight is lm.shared.weight:
+        lm.lm_head.weight = nn.Parameter(lm.shared.weight.detach().clone())
+    # tie_weights() (resize_token_embeddings, save_pretrained's bookkeeping) must not tie them back
+    lm._tied_weights_keys = {k: v for k, v in lm._tied_weights_keys.items() if k != "lm_head.weight"}
+    lm.all_tied_weights_keys = lm.get_expanded_tied_weights_keys()
+    model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    return model
 
 
 def _offline_processor(config):
