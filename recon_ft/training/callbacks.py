@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -55,3 +58,74 @@ class FiniteCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if weights_finite(trainer.lightning_module, f"checkpoint {filepath} not written"):
             super()._save_checkpoint(trainer, filepath)
+
+
+class Preemption(L.Callback):
+    """Saves a resumable `last.ckpt` at the step where SIGTERM or a SLURM warning signal arrived.
+
+    Lightning's signal connector records a SIGTERM (`trainer.received_sigterm`) and its loops stop
+    at the end of the batch in progress by raising SIGTERMException. This callback saves at the end
+    of that batch (on_train_batch_end, where the periodic checkpoints are saved, so the resume is
+    exact), or, when the signal came during a validation, when the loop stops. `signals` (e.g.
+    SIGUSR1, sent by `sbatch --signal`, and SIGUSR2, submitit's) are turned into a SIGTERM; a handler
+    one of them had before (submitit's requeue) is kept in `deferred` for the caller to run once
+    the checkpoint is written. `signum` is the first signal received (None if none)."""
+
+    def __init__(self, dirpath: str, signals: list[str] | tuple[str, ...] = ("SIGUSR1", "SIGUSR2")):
+        self.dirpath = Path(dirpath)
+        self.signals = [getattr(signal, name) if isinstance(name, str) else signal.Signals(name) for name in signals]
+        self.signum: int | None = None
+        self.deferred = None  # the previous handler of the signal received, called by the caller
+        self.saved_path: Path | None = None
+        self.saved_step: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def install(self) -> None:
+        """Turn `signals` into a SIGTERM; before the trainer registers its own handlers (so that
+        Lightning's SLURM auto-requeue, which saves in the middle of a step, stays off)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._on_warning)
+
+    def uninstall(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _on_warning(self, signum, frame) -> None:
+        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+        if self.signum is None:
+            self.signum = signum
+            previous = self._previous.get(signum)
+            if callable(previous):
+                self.deferred = lambda: previous(signum, frame)
+        os.kill(os.getpid(), signal.SIGTERM)  # to Lightning's handler: the loops stop after this batch
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.received_sigterm and self.saved_step is None:
+            if self.signum is None:
+                self.signum = signal.SIGTERM
+            self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            if self.signum is None:
+                self.signum = signal.SIGTERM
+            if self.saved_step is None and trainer.state.fn == "fit" and trainer.global_step > 0:
+                self.save(trainer)  # a signal during a validation inside training
+
+    def save(self, trainer) -> None:
+        if not weights_finite(trainer.lightning_module, f"checkpoint {self.ckpt_path} not written"):
+            return
+        trainer.save_checkpoint(self.ckpt_path)
+        self.saved_path, self.saved_step = self.ckpt_path, trainer.global_step
+        log.warning("interrupted: checkpoint of step %d written to %s", trainer.global_step, self.ckpt_path)

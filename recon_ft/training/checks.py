@@ -37,7 +37,7 @@ def check_training_config(cfg: DictConfig) -> None:
     at_least("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
     at_least("trainer.log_every_n_steps", trainer.get("log_every_n_steps", 50), 1)
     at_least("trainer.max_steps", trainer.get("max_steps", -1), -1)
-    if cfg.get("ckpt_path"):
+    if cfg.get("ckpt_path") and cfg.ckpt_path != "auto":  # auto: checked once found (training/run.py)
         check_checkpoint_file(cfg.ckpt_path)
 
 
