@@ -45,3 +45,9 @@ def test_slurm_launcher_defaults_follow_a_one_gpu_trainer():
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 1
     assert OmegaConf.select(cfg, "hydra.launcher.nodes") == 1
     assert cfg.hydra.launcher.partition is None and cfg.hydra.launcher.timeout_min == 240
+
+
+def test_slurm_launcher_requeues_after_a_time_limit_and_resumes_with_ckpt_path_auto():
+    cfg = compose_multirun("trainer=gpu", "ckpt_path=auto")
+    assert cfg.ckpt_path == "auto"  # a requeued job resumes from its run folder's last.ckpt
+    assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.signal_delay_s >= 60
