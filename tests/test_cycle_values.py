@@ -217,3 +217,37 @@ def test_bridge_mass_is_the_share_on_matched_tokens(pair, bridge, monkeypatch):
     out = compute_losses(captioner, generator, bridge, make_batch(captioner, generator), cfg,
                          rng=torch.Generator().manual_seed(SEED))
     assert out["bridge_mass"].item() == 0.5
+
+
+def test_text_cycle_t_max_keeps_exactly_the_rows_below_it(pair, bridge):
+    """A partial selection: the one row with t < t_max, with its own caption and its own noised latent."""
+    captioner, generator = pair
+    pt = generator.prediction_type
+    batch = make_batch(captioner, generator)
+    z0, t, noise, a = draws_by_hand(generator, batch["image_gen"])
+    assert t[0] != t[1]
+    keep = int(t.argmin())  # t_max between the two timesteps: only this row qualifies
+    cfg = LossConfig(w_cap=0.0, w_gen=0.0, lambda_img=0.0, lambda_txt=1.0, t_max=int(t.max()))
+    out = compute_losses(captioner, generator, bridge, batch, cfg, rng=torch.Generator().manual_seed(SEED))
+
+    def caption_loss_of(row, caption_row):
+        a4 = a[row].view(1, 1, 1, 1)
+        zt = a4.sqrt() * z0[row : row + 1] + (1 - a4).sqrt() * noise[row : row + 1]
+        enc = captioner.tokenizer(["a picture of " + CAPTIONS[caption_row]], return_tensors="pt")
+        input_ids = enc.input_ids.clone()
+        input_ids[:, 0] = captioner.model.config.text_config.bos_token_id
+        with torch.no_grad():
+            cond = generator.text_encoder(input_ids=clip_ids(generator, [CAPTIONS[row]])).last_hidden_state
+            pred = generator.unet(zt, t[row : row + 1], encoder_hidden_states=cond).sample
+            z0_hat = (zt - (1 - a4).sqrt() * pred) / a4.sqrt() if pt == "epsilon" else a4.sqrt() * zt - (1 - a4).sqrt() * pred
+            x_hat = generator.vae.decode(z0_hat / generator.vae.config.scaling_factor).sample.clamp(-1, 1)
+            mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+            logits = captioner.model(pixel_values=((x_hat + 1) / 2 - mean) / std, input_ids=input_ids,
+                                     attention_mask=enc.attention_mask).logits
+        return float(smoothed_ce_by_hand(logits, input_ids, enc.attention_mask, 4, 0.0))
+
+    expected = caption_loss_of(keep, keep)
+    assert out["loss_t2i2t"].item() == pytest.approx(expected, rel=1e-5)
+    # the other row, or the kept row's image with the other caption, would give another value
+    assert caption_loss_of(1 - keep, 1 - keep) != pytest.approx(expected, rel=1e-3)
+    assert caption_loss_of(keep, 1 - keep) != pytest.approx(expected, rel=1e-3)

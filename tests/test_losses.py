@@ -81,6 +81,36 @@ def test_predict_x0_matches_diffusers_step():
         torch.testing.assert_close(ours, theirs)
 
 
+def test_ddim_step_and_predicted_noise_by_hand():
+    # a_t = 0.36 (sqrt 0.6, sqrt(1 - a) 0.8), a_prev = 0.64 (0.8, 0.6); z0 = 1, n = 2, zt = 2.2.
+    z0, n = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0)
+    a, a_prev = torch.tensor([0.36]), torch.tensor([0.64])
+    zt = L.add_noise(z0, n, a)
+    v = L.diffusion_target(z0, n, a, "v_prediction")  # 0.6 * 2 - 0.8 * 1 = 0.4
+    assert L.predict_noise(zt, v, a, "v_prediction").item() == pytest.approx(2.0)  # 0.6 * 0.4 + 0.8 * 2.2
+    assert L.predict_noise(zt, n, a, "epsilon").item() == pytest.approx(2.0)
+    # a perfect prediction steps to the same z0 and noise at a_prev: 0.8 * 1 + 0.6 * 2
+    for pt, pred in (("epsilon", n), ("v_prediction", v)):
+        assert L.ddim_step(zt, pred, a, a_prev, pt).item() == pytest.approx(2.0)
+        assert L.ddim_step(zt, pred, a, torch.tensor([1.0]), pt).item() == pytest.approx(1.0)  # the last step
+    # a wrong prediction: eps_hat = 1 -> z0_hat = (2.2 - 0.8) / 0.6, stepped: 0.8 z0_hat + 0.6 * 1
+    assert L.ddim_step(zt, torch.ones(1, 1, 1, 1), a, a_prev, "epsilon").item() == pytest.approx(
+        0.8 * 1.4 / 0.6 + 0.6)
+
+
+def test_trailing_timesteps_as_diffusers_ddim():
+    from diffusers import DDIMScheduler
+
+    assert L.trailing_timesteps(1000, 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert L.trailing_timesteps(1000, 1) == [999]
+    for steps in (1, 4, 7, 50):
+        sched = DDIMScheduler(timestep_spacing="trailing")
+        sched.set_timesteps(steps)
+        assert L.trailing_timesteps(1000, steps) == sched.timesteps.tolist()
+    with pytest.raises(ValueError, match="sampling steps"):
+        L.trailing_timesteps(1000, 0)
+
+
 def test_min_snr_weights_by_hand():
     a = torch.tensor([0.5, 0.9])  # snr = 1 and 9
     eps = L.min_snr_weights(a, gamma=5.0, prediction_type="epsilon")

@@ -25,8 +25,13 @@ from recon_ft.data.synthetic import (
     score_caption,
 )
 from recon_ft.data.transforms import CaptionerView, GeneratorView
+from recon_ft.data.unpaired import SyntheticImages, SyntheticTexts, UnpairedImages, UnpairedTexts
 
 __all__ = [
+    "SyntheticImages",
+    "SyntheticTexts",
+    "UnpairedImages",
+    "UnpairedTexts",
     "HELDOUT_PAIRS",
     "KARPATHY_SPLITS",
     "NOCAPS_DOMAINS",

@@ -8,6 +8,11 @@ return RAW samples:
 [-1, 1], "caption", "references", ["domain"]} or, for a bad sample with on_bad_sample="skip",
 None (the training set: a `BadSample` naming its position); `CaptionCollate` stacks the good ones
 and counts the rest in "n_bad" (positions of the `BadSample`s in "bad_index").
+
+Unpaired images and texts (recon_ft/data/unpaired.py) join the training batches when
+`unpaired.images` / `unpaired.texts` are given (recon_ft/data/mixing.py says which items each batch
+draws): `UnpairedView` gives each image its two views, and the batch holds them apart from the
+paired rows, as "unpaired_images" and "unpaired_texts".
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from recon_ft.data.sampler import EvalShardSampler, ResumableSampler, unpack_key
 from recon_ft.constants import CLIP_MEAN, CLIP_STD
+from recon_ft.data.mixing import STREAMS, MixedBatchSampler, MixedDataset, StreamKey, UnpairedStream
+from recon_ft.data.sampler import EvalShardSampler, ResumableSampler, unpack_key
 from recon_ft.data.transforms import CaptionerView, GeneratorView, as_hw
+from recon_ft.data.unpaired import UnpairedImages, UnpairedTexts
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,13 @@ class BadSample(NamedTuple):
     """What the training set's ViewDataset returns for a bad sample: its position in the dataset,
     so a bad item drawn in several epochs is counted once."""
 
+    index: int
+
+
+class BadUnpaired(NamedTuple):
+    """A bad item of an unpaired stream: the stream and the item's position, counted once."""
+
+    stream: str
     index: int
 
 
@@ -138,6 +152,42 @@ class ViewDataset(Dataset):
         return sample
 
 
+class UnpairedView(Dataset):
+    """An unpaired stream's dataset keyed by `StreamKey`: an image gets both views (the captioner's
+    without augmentation: the image cycle compares the caption with the image the generator
+    denoises, which a crop or flip would contradict), a text stays a string. An unreadable image
+    gives `BadUnpaired` (on_bad_sample="skip", one warning per file) or raises BadSampleError."""
+
+    def __init__(self, dataset: Dataset, stream: str, caption_view: CaptionerView | None = None,
+                 generator_view: GeneratorView | None = None, on_bad_sample: str = "skip"):
+        self.dataset, self.stream = dataset, stream
+        self.caption_view, self.generator_view, self.on_bad_sample = caption_view, generator_view, on_bad_sample
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: StreamKey) -> dict[str, Any] | BadUnpaired:
+        raw = self.dataset[key.index]
+        if self.stream == "texts":
+            return {"stream": "texts", "index": key.index, "id": raw["id"], "text": raw["text"]}
+        try:
+            image = load_image(raw["image"])
+        except BadSampleError as err:
+            if self.on_bad_sample == "raise":
+                raise
+            if err.source not in self._warned:
+                self._warned.add(err.source)
+                log.warning("skipping bad unpaired image %s: %s", err.source, err.reason)
+            return BadUnpaired(self.stream, key.index)
+        return {"stream": "images", "index": key.index, "id": raw["id"],
+                "image_cap": self.caption_view(image), "image_gen": self.generator_view(image)}
+
+
+def _unpaired(sample) -> bool:
+    return isinstance(sample, BadUnpaired) or (isinstance(sample, dict) and "stream" in sample)
+
+
 class CaptionCollate:
     """List of samples or None -> batch; Nones are dropped and counted in "n_bad".
 
@@ -145,12 +195,18 @@ class CaptionCollate:
     "references": list[list[str]], "id": list, "domain": list[str] (if any sample has one),
     "n_bad": int}. B may be 0 when every sample was bad; the tensors then still have their
     shape's trailing dims, and the training step should skip the batch.
+
+    With unpaired streams, also "unpaired_images": {"image_cap": (Bi, 3, Hc, Wc), "image_gen":
+    (Bi, 3, Hg, Wg), "id": list} when the batch drew images, "unpaired_texts": list[str] when it drew
+    texts, and "bad_unpaired": [(stream, index)] of the items left out.
     """
 
     def __init__(self, caption_size: int | tuple[int, int], generator_size: int | tuple[int, int]):
         self.caption_size, self.generator_size = as_hw(caption_size), as_hw(generator_size)
 
-    def __call__(self, samples: list[dict[str, Any] | BadSample | None]) -> dict[str, Any]:
+    def __call__(self, samples: list[dict[str, Any] | BadSample | BadUnpaired | None]) -> dict[str, Any]:
+        unpaired = [s for s in samples if _unpaired(s)]
+        samples = [s for s in samples if not _unpaired(s)]
         good = [s for s in samples if isinstance(s, dict)]
         batch: dict[str, Any] = {
             "image_cap": torch.stack([s["image_cap"] for s in good]) if good
@@ -165,7 +221,25 @@ class CaptionCollate:
         }
         if any("domain" in s for s in good):
             batch["domain"] = [s.get("domain", "") for s in good]
+        if unpaired:
+            batch.update(self._unpaired_rows(unpaired))
         return batch
+
+    def _unpaired_rows(self, samples: list) -> dict[str, Any]:
+        rows: dict[str, Any] = {"bad_unpaired": [tuple(s) for s in samples if isinstance(s, BadUnpaired)]}
+        images = [s for s in samples if isinstance(s, dict) and s["stream"] == "images"]
+        if images or any(s.stream == "images" for s in samples if isinstance(s, BadUnpaired)):
+            rows["unpaired_images"] = {
+                "image_cap": torch.stack([s["image_cap"] for s in images]) if images
+                else torch.empty(0, 3, *self.caption_size),
+                "image_gen": torch.stack([s["image_gen"] for s in images]) if images
+                else torch.empty(0, 3, *self.generator_size),
+                "id": [s["id"] for s in images],
+            }
+        texts = [s["text"] for s in samples if isinstance(s, dict) and s["stream"] == "texts"]
+        if texts:
+            rows["unpaired_texts"] = texts
+        return rows
 
 
 class _EpochBatchSampler(BatchSampler):
@@ -200,7 +274,7 @@ class CaptionDataModule(LightningDataModule):
                  batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
                  on_bad_sample: str = "skip", caption_view: Mapping[str, Any] | None = None,
                  generator_view: Mapping[str, Any] | None = None, max_words: int | None = 30,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, unpaired: Mapping[str, Any] | None = None):
         super().__init__()
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
@@ -225,8 +299,15 @@ class CaptionDataModule(LightningDataModule):
         self._resume: dict[str, int] | None = None  # from load_state_dict, used once
         self._wrapped: dict[str, ViewDataset] = {}
         # per split: samples its dataset left out at indexing (e.g. empty captions)
+        self.unpaired = unpaired_datasets(unpaired)  # stream -> dataset
+        self.streams = [UnpairedStream(name, len(ds), int((unpaired or {}).get("batch_size") or batch_size),
+                                       int((unpaired or {}).get("every_n_steps") or 1), seed)
+                        for name, ds in self.unpaired.items()]
+        # per split (and unpaired stream): samples its dataset left out at indexing (e.g. empty captions)
         self.num_bad_at_index = {split: int(getattr(ds, "num_bad_at_index", 0))
                                  for split, ds in self.datasets.items() if ds is not None}
+        self.num_bad_at_index.update({f"unpaired_{name}": int(getattr(ds, "num_bad_at_index", 0))
+                                      for name, ds in self.unpaired.items()})
 
     # ------------------------------------------------------------------ datasets
 
@@ -263,6 +344,8 @@ class CaptionDataModule(LightningDataModule):
             raise ValueError("CaptionDataModule has no train dataset")
         batches = _EpochBatchSampler(self.train_sampler, self.batch_size, drop_last=False)
         if self.trainer is not None:
+            if self._resume is not None:
+                self._check_unpaired_resume(self._resume)
             # Lightning creates (and prefetches from) this loader's iterator before its first
             # set_epoch call of a run, so a resumed run must get the right epoch (and skip) here.
             epoch, skip = self.trainer.current_epoch, 0
@@ -273,7 +356,14 @@ class CaptionDataModule(LightningDataModule):
                 self._resume = None
             self.train_sampler.set_epoch(epoch)
             self.skip_train_batches(skip)
-        return self._loader("train", batches)
+        if not self.streams:
+            return self._loader("train", batches)
+        dataset = MixedDataset(self._view_dataset("train"), {
+            name: UnpairedView(ds, name, self.eval_caption_view, self.generator_view, self.on_bad_sample)
+            for name, ds in self.unpaired.items()})
+        return DataLoader(dataset, batch_sampler=MixedBatchSampler(batches, self.streams), collate_fn=self.collate,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -293,13 +383,48 @@ class CaptionDataModule(LightningDataModule):
             raise ValueError("CaptionDataModule has no train dataset")
         self.train_sampler.skip(n * self.batch_size)
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         if self.trainer is None or self.train_sampler is None:
             return {}
         # current_epoch is the epoch in progress (it only advances once an epoch has closed);
         # `ready` counts its batches fetched so far, all of them when saved at its end.
-        return {"epoch": self.trainer.current_epoch,
-                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.ready}
+        epoch = self.trainer.current_epoch
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        state: dict[str, Any] = {"epoch": epoch, "batches_done": done}
+        if self.streams:
+            # Each stream's position follows from the batch count; kept with its dataset's size, so
+            # a resume on other unpaired data is refused rather than silently drawing other items.
+            batches_per_epoch = len(_EpochBatchSampler(self.train_sampler, self.batch_size, drop_last=False))
+            state["unpaired"] = {s.name: {"drawn": s.draws_before(epoch * batches_per_epoch + done),
+                                          "size": s.data_len} for s in self.streams}
+        return state
+
+    def _check_unpaired_resume(self, state: dict[str, Any]) -> None:
+        saved = {name: int(v["size"]) for name, v in (state.get("unpaired") or {}).items()}
+        now = {s.name: s.data_len for s in self.streams}
+        if saved != now:
+            raise ValueError(
+                f"resume: the checkpoint's run drew from unpaired streams of sizes {saved or 'none'}, this run has "
+                f"{now or 'none'}; resume with the same data.unpaired.images / data.unpaired.texts")
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume = dict(state_dict) if state_dict else None
+
+
+def unpaired_datasets(spec: Mapping[str, Any] | None) -> dict[str, Dataset]:
+    """`data.unpaired`'s streams: {"images": Dataset, "texts": Dataset}, for those given. A string is
+    a path (UnpairedImages: a folder, glob or Karpathy json; UnpairedTexts: a .txt / .jsonl file,
+    lines over `max_words` words left out); a Dataset (e.g. instantiated by Hydra) is used as is."""
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - {*STREAMS, "batch_size", "every_n_steps", "max_words"})
+    if unknown:
+        raise ValueError(f"data.unpaired: unknown options {unknown}; expected images, texts, batch_size, "
+                         "every_n_steps, max_words")
+    out: dict[str, Dataset] = {}
+    if spec.get("images") is not None:
+        images = spec["images"]
+        out["images"] = UnpairedImages(images) if isinstance(images, (str, Path)) else images
+    if spec.get("texts") is not None:
+        texts = spec["texts"]
+        out["texts"] = UnpairedTexts(texts, spec.get("max_words", 30)) if isinstance(texts, (str, Path)) else texts
+    return out

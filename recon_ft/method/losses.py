@@ -9,6 +9,8 @@ z0 clean scaled latents, n Gaussian noise, zt = sqrt(a_t) z0 + sqrt(1 - a_t) n.
                              soft caption (image -> caption -> image).
   text_cycle_loss  L_t2i2t   the captioner's caption loss of y on the image decoded from the
                              generator's x0 prediction (text -> image -> caption).
+The unpaired terms (recon_ft/method/unpaired.py) reuse these, with `ddim_step` for the sampler the
+unpaired text cycle backpropagates through.
 
 The model calls that produce these tensors live in recon_ft/method/objective.py.
 """
@@ -66,6 +68,38 @@ def predict_x0(zt, pred, alpha_bar, prediction_type: str) -> torch.Tensor:
     raise ValueError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {prediction_type!r}")
 
 
+def predict_noise(zt, pred, alpha_bar, prediction_type: str) -> torch.Tensor:
+    """The noise implied by a prediction at zt. epsilon: n_hat = pred; v: n_hat = sqrt(a_t) v_hat + sqrt(1 - a_t) zt."""
+    if prediction_type == "epsilon":
+        return pred
+    if prediction_type == "v_prediction":
+        a = _expand(alpha_bar, zt)
+        return a.sqrt() * pred + (1 - a).sqrt() * zt
+    raise ValueError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {prediction_type!r}")
+
+
+def ddim_step(zt, pred, alpha_bar, alpha_bar_prev, prediction_type: str) -> torch.Tensor:
+    """One deterministic DDIM step (eta 0) from a_t to a_prev, differentiable:
+    z_prev = sqrt(a_prev) z0_hat + sqrt(1 - a_prev) n_hat. alpha_bar, alpha_bar_prev: (B,)."""
+    z0_hat = predict_x0(zt, pred, alpha_bar, prediction_type)
+    noise_hat = predict_noise(zt, pred, alpha_bar, prediction_type)
+    a_prev = _expand(alpha_bar_prev, zt)
+    return a_prev.sqrt() * z0_hat + (1 - a_prev).sqrt() * noise_hat
+
+
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """Sampling timesteps with "trailing" spacing (Lin et al. 2024, diffusers' timestep_spacing):
+    T - 1 first, then every T / steps down: 1000, 10 -> 999, 899, ..., 99."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"sampling steps: expected 1..{num_train_timesteps}, got {steps}")
+    return [int(round(num_train_timesteps - i * num_train_timesteps / steps)) - 1 for i in range(steps)]
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B,): each row's mean squared error."""
+    return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+
 def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023), with diffusers' semantics.
 
@@ -80,8 +114,7 @@ def generation_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Ten
     """mean ||pred - target||^2; with per-sample weights (B,), mean over elements then weighted mean."""
     if weights is None:
         return F.mse_loss(pred.float(), target.float())
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
-    return (per_sample * weights).mean()
+    return (per_sample_mse(pred, target) * weights).mean()
 
 
 def image_cycle_loss(pred_soft: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

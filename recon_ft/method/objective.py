@@ -1,10 +1,13 @@
-"""The joint objective: one batch -> the four named losses, with the forward passes shared.
+"""The joint objective: one batch -> the named losses, with the forward passes shared.
 
   L = w_cap L_cap + w_gen L_gen + lambda_img L_i2t2i + lambda_txt L_t2i2t
+      + lambda_img_unpaired L_i2t2i_unpaired + lambda_txt_unpaired L_t2i2t_unpaired
 
 L_cap and L_i2t2i share the captioner's teacher-forced pass; L_gen and L_t2i2t share the
 denoiser's pass. So the cycles cost one extra text-encoder + denoiser pass (soft caption) and one
-extra decoder + captioner pass (generated image). A term whose weight is 0 is not computed.
+extra decoder + captioner pass (generated image). A term whose weight is 0 is not computed; the
+unpaired terms (recon_ft/method/unpaired.py) only on batches that drew unpaired rows, after every
+paired term, so the paired terms' draws are the same with or without them.
 
 Used by the LightningModule and by the plain-PyTorch loop of the benchmark, so both do exactly the
 same maths.
@@ -18,6 +21,8 @@ import torch
 
 from recon_ft.method import losses as L
 from recon_ft.method.frozen_cache import FrozenCache
+from recon_ft.method.unpaired import IMAGE_MODES, image_cycle_unpaired, noised_latents, soft_caption_denoising, \
+    text_cycle_unpaired
 from recon_ft.utils import dataclass_from, expect
 
 
@@ -35,6 +40,17 @@ class LossConfig:
     t_max: int | None = None  # text cycle only on rows whose timestep is below t_max
     cycle_grads: str = "own"  # own: each cycle updates only the model it regularizes | both
     bridge_fallback: str = "pieces"  # unmatched captioner tokens: pieces | unk | drop
+    # Unpaired data (data.unpaired.images / texts; recon_ft/method/unpaired.py)
+    lambda_img_unpaired: float = 0.0  # image cycle on images without captions: trains the captioner
+    lambda_txt_unpaired: float = 0.0  # text cycle on captions without images: trains the generator
+    unpaired_image_mode: str = "ranked"  # soft | ranked | self_train (the control: no generator)
+    unpaired_rank_k: int = 4  # ranked: sampled candidates besides the beam caption
+    unpaired_rank_draws: int = 4  # ranked: shared (t, noise) draws scoring each candidate
+    unpaired_caption_top_p: float = 0.9  # nucleus sampling of the captioner's own captions
+    unpaired_caption_max_length: int | None = None  # null: the captioner's own generation length
+    unpaired_text_sampling_steps: int = 10  # DDIM steps sampling the text cycle's image
+    unpaired_text_grad_steps: int = 1  # K: the gradient flows through the last K of them
+    unpaired_text_guidance: float | None = None  # null: the generator's own guidance scale
 
     @classmethod
     def coerce(cls, cfg) -> "LossConfig":
@@ -45,12 +61,22 @@ class LossConfig:
             raise ValueError(f"loss.schedule: expected joint or alternate, got {out.schedule!r}")
         if out.cycle_grads not in ("own", "both"):
             raise ValueError(f"loss.cycle_grads: expected own or both, got {out.cycle_grads!r}")
+        if out.unpaired_image_mode not in IMAGE_MODES:
+            raise ValueError(f"loss.unpaired_image_mode: expected one of {IMAGE_MODES}, got {out.unpaired_image_mode!r}")
         out.check_ranges()
         return out
 
     def check_ranges(self) -> None:
-        for name in ("w_cap", "w_gen", "lambda_img", "lambda_txt"):
+        for name in ("w_cap", "w_gen", "lambda_img", "lambda_txt", "lambda_img_unpaired", "lambda_txt_unpaired"):
             expect(getattr(self, name) >= 0, f"loss.{name}", ">= 0", getattr(self, name))
+        for name in ("unpaired_rank_k", "unpaired_rank_draws", "unpaired_text_sampling_steps",
+                     "unpaired_text_grad_steps"):
+            expect(getattr(self, name) >= 1, f"loss.{name}", ">= 1", getattr(self, name))
+        expect(self.unpaired_text_grad_steps <= self.unpaired_text_sampling_steps, "loss.unpaired_text_grad_steps",
+               f"<= loss.unpaired_text_sampling_steps ({self.unpaired_text_sampling_steps})",
+               self.unpaired_text_grad_steps)
+        expect(0 < self.unpaired_caption_top_p <= 1, "loss.unpaired_caption_top_p", "in (0, 1]",
+               self.unpaired_caption_top_p)
         expect(0 <= self.label_smoothing < 1, "loss.label_smoothing", "in [0, 1)", self.label_smoothing)
         expect(self.tau > 0, "loss.tau", "> 0", self.tau)
         expect(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma", "> 0 or null",
@@ -58,9 +84,10 @@ class LossConfig:
         expect(self.t_max is None or self.t_max > 0, "loss.t_max", "> 0 or null", self.t_max)
 
     def weights(self, batch_idx: int = 0) -> dict[str, float]:
-        w = {"cap": self.w_cap, "gen": self.w_gen, "i2t2i": self.lambda_img, "t2i2t": self.lambda_txt}
+        w = {"cap": self.w_cap, "gen": self.w_gen, "i2t2i": self.lambda_img, "t2i2t": self.lambda_txt,
+             "i2t2i_unpaired": self.lambda_img_unpaired, "t2i2t_unpaired": self.lambda_txt_unpaired}
         if self.schedule == "alternate":
-            keep = ("gen", "t2i2t") if batch_idx % 2 == 0 else ("cap", "i2t2i")
+            keep = ("gen", "t2i2t", "t2i2t_unpaired") if batch_idx % 2 == 0 else ("cap", "i2t2i", "i2t2i_unpaired")
             w = {k: (v if k in keep else 0.0) for k, v in w.items()}
         return w
 
@@ -105,13 +132,7 @@ def compute_losses(
                 )
             else:
                 moments = generator.encode_moments(image_gen)  # (B, 2C, h, w), frozen VAE
-            z0 = generator.sample_latents(moments, rng)  # (B, C, h, w)
-        t = torch.randint(0, generator.num_train_timesteps, (z0.shape[0],), generator=rng, device=device)
-        noise = torch.randn(z0.shape, generator=rng, device=device, dtype=z0.dtype)
-        alpha_bar = generator.alphas_cumprod.to(device)[t]  # (B,)
-        zt = L.add_noise(z0, noise, alpha_bar)
-        target = L.diffusion_target(z0, noise, alpha_bar, generator.prediction_type)
-        snr_w = L.min_snr_weights(alpha_bar, cfg.min_snr_gamma, generator.prediction_type) if cfg.min_snr_gamma else None
+        zt, t, alpha_bar, target, snr_w = noised_latents(generator, moments, rng, cfg.min_snr_gamma)  # zt (B, C, h, w)
 
     if w["gen"] or w["t2i2t"]:
         if cache is not None and cache.enabled("text_states"):
@@ -128,18 +149,9 @@ def compute_losses(
             out["loss_gen"] = L.generation_loss(pred, target, snr_w)
 
     if w["i2t2i"]:
-        # logits[:, i] predicts token i + 1, so the caption tokens P.. are predicted by positions P-1..
-        p_len = tokens.prompt_length
-        caption_mask = (tokens.labels[:, p_len:] != L.IGNORE_INDEX) & (
-            tokens.input_ids[:, p_len:] != captioner.eos_token_id
-        )  # (B, N): caption tokens, not [SEP] or padding
-        probs = L.soft_tokens(logits[:, p_len - 1 : -1], cfg.tau, cfg.gumbel, rng)  # (B, N, V_C)
-        # P(next position continues the word), (B, N): sends "skate ##board" to "skate board</w>"
-        next_continues = bridge.next_continues(probs, caption_mask)
-        # through B into the text encoder's(s') token embeddings, then encoded: cond as encode_text's
-        cond_soft = generator.encode_bridged(bridge, probs, next_continues, caption_mask.sum(1), critic=critic)
-        pred_soft = generator.denoise(zt, t, cond_soft, critic=critic)
-        out["loss_i2t2i"] = L.image_cycle_loss(pred_soft, target, snr_w)
+        out["loss_i2t2i"], probs, caption_mask = soft_caption_denoising(
+            captioner, generator, bridge, logits, tokens, zt, t, target, snr_w, cfg, rng, critic
+        )
         out["bridge_mass"] = bridge.mass_coverage(probs.detach(), caption_mask)
 
     if w["t2i2t"]:
@@ -158,6 +170,12 @@ def compute_losses(
             out["loss_t2i2t"] = L.text_cycle_loss(logits_hat, sub.labels, cfg.label_smoothing)
         else:  # no row qualifies this batch: a zero that still touches the graph (DDP needs that)
             out["loss_t2i2t"] = pred.sum() * 0.0
+
+    if w["i2t2i_unpaired"] and len(batch.get("unpaired_images", {}).get("id", ())):
+        out.update(image_cycle_unpaired(captioner, generator, bridge, batch["unpaired_images"], cfg, rng, critic))
+    if w["t2i2t_unpaired"] and batch.get("unpaired_texts"):
+        out["loss_t2i2t_unpaired"] = text_cycle_unpaired(captioner, generator, batch["unpaired_texts"], cfg, rng,
+                                                         critic=critic)
 
     out["loss"] = sum(w[name[5:]] * value for name, value in out.items() if name.startswith("loss_"))
     return out

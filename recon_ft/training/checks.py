@@ -23,7 +23,8 @@ def at_least(option: str, value, low, allow_none: bool = False) -> None:
 
 def check_training_config(cfg: DictConfig) -> None:
     """Every setting with a valid range, and `ckpt_path`; ValueError / FileNotFoundError otherwise."""
-    LossConfig.coerce(OmegaConf.to_container(cfg.loss, resolve=True))
+    loss = LossConfig.coerce(OmegaConf.to_container(cfg.loss, resolve=True))
+    check_unpaired(loss, cfg.data.get("unpaired") or {})
     OptimConfig.coerce(OmegaConf.to_container(cfg.optim, resolve=True))
     if cfg.get("frozen_cache"):
         CacheConfig.coerce(OmegaConf.to_container(cfg.frozen_cache, resolve=True))
@@ -39,6 +40,17 @@ def check_training_config(cfg: DictConfig) -> None:
     at_least("trainer.max_steps", trainer.get("max_steps", -1), -1)
     if cfg.get("ckpt_path") and cfg.ckpt_path != "auto":  # auto: checked once found (training/run.py)
         check_checkpoint_file(cfg.ckpt_path)
+
+
+def check_unpaired(loss: LossConfig, unpaired) -> None:
+    """An unpaired term needs its stream: without one it would silently never be computed."""
+    for term, stream in (("lambda_img_unpaired", "images"), ("lambda_txt_unpaired", "texts")):
+        if getattr(loss, term) > 0 and unpaired.get(stream) is None:
+            raise ValueError(f"loss.{term}={getattr(loss, term)} needs data.unpaired.{stream} (a "
+                             + ("folder, glob or Karpathy json of images)" if stream == "images"
+                                else ".txt or .jsonl file of captions)"))
+    at_least("data.unpaired.batch_size", unpaired.get("batch_size", 1), 1)
+    at_least("data.unpaired.every_n_steps", unpaired.get("every_n_steps", 1), 1)
 
 
 def check_checkpoint_file(path: str | Path) -> Path:

@@ -60,6 +60,7 @@ class ReconModule(L.LightningModule):
         # is drawn), plus bad samples a dataset reported without a position.
         self._bad_items: set[int] = set()
         self._bad_unplaced = 0
+        self._bad_unpaired: set[tuple[str, int]] = set()  # (stream, index) of unpaired items left out
         self._nonfinite_total = 0
         self._nonfinite_run = 0  # consecutive
         self._scaler_skipped_steps = 0  # 16-mixed overflows the grad scaler skipped (not counted above)
@@ -87,6 +88,16 @@ class ReconModule(L.LightningModule):
         placed = list(batch.get("bad_index", ()))
         self._bad_items.update(int(i) for i in placed)
         self._bad_unplaced += int(batch.get("n_bad", 0)) - len(placed)
+        self._bad_unpaired.update((str(s), int(i)) for s, i in batch.get("bad_unpaired", ()))
+
+    def _bad_unpaired_counts(self, items: set[tuple[str, int]]) -> dict[str, float]:
+        """data/bad_unpaired_<stream>: distinct items of each unpaired stream left out, when loaded or
+        when indexed (an empty or over-long text line), for the streams this run draws from."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        at_index = getattr(datamodule, "num_bad_at_index", {})
+        return {f"data/bad_unpaired_{stream}": float(sum(s == stream for s, _ in items)
+                                                      + at_index.get(f"unpaired_{stream}", 0))
+                for stream in (s.name for s in getattr(datamodule, "streams", []))}
 
     def training_step(self, batch, batch_idx):
         self._count_bad(batch)
@@ -102,6 +113,8 @@ class ReconModule(L.LightningModule):
             for name, value in out.items():
                 self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "loss")
             self.log("data/bad_samples", float(self.bad_samples), batch_size=b)
+            for name, value in self._bad_unpaired_counts(self._bad_unpaired).items():
+                self.log(name, value, batch_size=b)
             self.log("train/nonfinite_steps", float(self._nonfinite_total), batch_size=b)
             if self.frozen_cache is not None:
                 for name, value in self.frozen_cache.stats().items():
@@ -226,23 +239,26 @@ class ReconModule(L.LightningModule):
     def on_train_end(self) -> None:
         # Written once more at the end of every run, so runs shorter than log_every_n_steps have
         # them too; the bad items are the union over ranks (a padded shard repeats items).
-        totals = {"data/bad_samples": float(self._bad_samples_all_ranks()),
-                  "train/nonfinite_steps": float(self._nonfinite_total)}
+        bad_samples, bad_unpaired = self._bad_samples_all_ranks()
+        totals = {"data/bad_samples": float(bad_samples), "train/nonfinite_steps": float(self._nonfinite_total),
+                  **self._bad_unpaired_counts(bad_unpaired)}
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             totals["train/scaler_skipped_steps"] = float(self._scaler_skipped_steps)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(totals, step=self.global_step)
 
-    def _bad_samples_all_ranks(self) -> int:
+    def _bad_samples_all_ranks(self) -> tuple[int, set[tuple[str, int]]]:
+        """(bad paired samples, bad unpaired items), each item once over all ranks."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return self.bad_samples
+            return self.bad_samples, self._bad_unpaired
         gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (self._bad_items, self._bad_unplaced))
-        items = set().union(*(s for s, _ in gathered))
-        return len(items) + sum(n for _, n in gathered) + self._bad_at_index()
+        dist.all_gather_object(gathered, (self._bad_items, self._bad_unplaced, self._bad_unpaired))
+        items = set().union(*(s for s, _, _ in gathered))
+        unpaired = set().union(*(u for _, _, u in gathered))
+        return len(items) + sum(n for _, n, _ in gathered) + self._bad_at_index(), unpaired
 
     # -- optimization -----------------------------------------------------------------------------
     def configure_optimizers(self):
