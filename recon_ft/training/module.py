@@ -296,6 +296,7 @@ class ReconModule(L.LightningModule):
             "bad_samples": self.bad_samples,
             "bad_items": sorted(self._bad_items),  # positions in the training set
             "bad_unplaced": self._bad_unplaced,
+            "bad_unpaired": sorted(self._bad_unpaired),  # (stream, position in its dataset)
             "nonfinite_steps": self._nonfinite_total,
             "scaler_skipped_steps": self._scaler_skipped_steps,
         }
@@ -310,5 +311,6 @@ class ReconModule(L.LightningModule):
         counters = checkpoint.get("counters", {})
         self._bad_items = set(counters.get("bad_items", ()))
         self._bad_unplaced = counters.get("bad_unplaced", 0)
+        self._bad_unpaired = {(str(s), int(i)) for s, i in counters.get("bad_unpaired", ())}
         self._nonfinite_total = counters.get("nonfinite_steps", 0)
         self._scaler_skipped_steps = counters.get("scaler_skipped_steps", 0)

@@ -33,6 +33,8 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores left free)")
+    parser.add_argument("--unpaired", action="store_true",
+                        help="also time the joint step plus each unpaired term (soft, ranked, self_train, text)")
     parser.add_argument("--out", default="outputs/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
     if args.size == "real" and args.device == "auto" and not torch.cuda.is_available():
@@ -48,6 +50,7 @@ def main(argv=None) -> dict:
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         threads=args.threads,
+        unpaired=args.unpaired,
     )
     args_given = sys.argv[1:] if argv is None else argv
     result["config"]["command"] = " ".join(["python -m recon_ft.experiments.bench", *args_given])

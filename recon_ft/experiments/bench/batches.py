@@ -39,6 +39,22 @@ def fake_batches(captioner, generator, batch_size: int, n: int = 4, seed: int = 
     return out
 
 
+def with_unpaired(batches: list[dict], captioner, generator, seed: int = 1) -> list[dict]:
+    """The batches with as many unpaired images (other random images) and texts as paired rows."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, batch in enumerate(batches):
+        b = len(batch["caption"])
+        images = torch.rand(b, 3, generator.image_size, generator.image_size, generator=g) * 2 - 1
+        with torch.no_grad():
+            image_cap = captioner.preprocess(images)
+        texts = [CAPTIONS[(i * b + j + 3) % len(CAPTIONS)] for j in range(b)]
+        out.append({**batch, "unpaired_images": {"image_cap": image_cap, "image_gen": images,
+                                                  "id": [f"u{seed}-{i}-{j}" for j in range(b)]},
+                    "unpaired_texts": texts})
+    return out
+
+
 class _Cycle(Dataset):
     """`length` items cycling through prebuilt batches (the loader does no collation)."""
 
@@ -65,4 +81,5 @@ def make_loader(batches: list[dict], length: int) -> DataLoader:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)
+            if torch.is_tensor(v) else v for k, v in batch.items()}

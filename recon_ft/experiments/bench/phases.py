@@ -10,6 +10,8 @@
                        (even: L_gen + L_t2i2t, odd: L_cap + L_i2t2i), gradient accumulation 8
   joint_plain_cached   (d) with the VAE posteriors and text-encoder states read from a full
                        FrozenCache (the `frozen_cache` option from the second epoch on)
+  joint_unpaired_*     (--unpaired) (d) plus one unpaired term, as many unpaired rows as paired:
+                       the image cycle by mode (soft, ranked, self_train) and the text cycle
 
 and the joint step's time per loss term, with the VAE decoder and with the tiny (TAESD) decoder;
 at real size also the memory check (peak GPU memory at batch 8, bf16-mixed, checkpointing).
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from recon_ft.experiments.bench.batches import fake_batches
+from recon_ft.experiments.bench.batches import fake_batches, with_unpaired
 from recon_ft.experiments.bench.loops import PRECISIONS, run_lightning, run_plain
 from recon_ft.experiments.bench.memory import MemoryProbe
 from recon_ft.experiments.bench.models import build_module, set_cycle_decoder
@@ -100,6 +102,18 @@ def measure(phase: Phase, device: torch.device, fn) -> Phase:
     return phase
 
 
+# (phase, description, LossConfig changes): each adds one unpaired term to the joint step
+UNPAIRED_PHASES = [
+    ("joint_unpaired_soft", "(d) + L_i2t2i_unpaired, soft", dict(lambda_img_unpaired=1.0, unpaired_image_mode="soft")),
+    ("joint_unpaired_ranked", "(d) + L_i2t2i_unpaired, ranked (beam + 4 samples, 4 draws)",
+     dict(lambda_img_unpaired=1.0, unpaired_image_mode="ranked")),
+    ("joint_unpaired_self_train", "(d) + L_i2t2i_unpaired, self_train",
+     dict(lambda_img_unpaired=1.0, unpaired_image_mode="self_train")),
+    ("joint_unpaired_text", "(d) + L_t2i2t_unpaired (10 DDIM steps, gradient through the last 1)",
+     dict(lambda_txt_unpaired=1.0)),
+]  # fmt: skip
+
+
 def _only(joint: LossConfig, **weights) -> LossConfig:
     base = dict(w_cap=0.0, w_gen=0.0, lambda_img=0.0, lambda_txt=0.0)
     return replace(joint, **{**base, **weights})
@@ -116,6 +130,7 @@ def run_benchmark(
     gradient_checkpointing: bool | None = None,
     seed: int = 0,
     threads: int | None = None,
+    unpaired: bool = False,
     log=print,
 ) -> dict:
     """Every measurement of the module docstring, on one model pair; the JSON-ready result."""
@@ -190,6 +205,10 @@ def run_benchmark(
     run("joint_plain_tiny_decoder", "(d) with the tiny (TAESD) decoder", plain(joint), complete=1.0)
     run("joint_no_i2t2i_tiny_decoder", "(d) tiny decoder, without L_i2t2i", plain(replace(joint, lambda_img=0.0)))
     set_cycle_decoder(module, "full", dev, ckpt, decoders)
+    if unpaired:
+        mixed = with_unpaired(batches, module.captioner, module.generator, seed=seed + 1)
+        for name, description, term in UNPAIRED_PHASES:
+            run(name, description, plain(replace(joint, **term), mixed))
 
     memory_check = None
     if size == "real":

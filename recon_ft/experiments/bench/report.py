@@ -60,6 +60,12 @@ def ratios(phases: dict) -> dict:
             {},
         ),
     }
+    for mode in ("soft", "ranked", "self_train", "text"):
+        specs[f"unpaired_{mode}_cost"] = (
+            f"(d) + the unpaired {'text cycle' if mode == 'text' else 'image cycle, ' + mode} over (d), time per step",
+            lambda k, mode=mode: _div(time_of(f"joint_unpaired_{mode}", k), time_of("joint_plain", k)),
+            {},
+        )
     out = {}
     for name, (what, fn, extra) in specs.items():
         value, median = fn("step_time_s"), fn("step_time_median_s")
