@@ -38,6 +38,11 @@ def check_training_config(cfg: DictConfig) -> None:
     at_least("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
     at_least("trainer.log_every_n_steps", trainer.get("log_every_n_steps", 50), 1)
     at_least("trainer.max_steps", trainer.get("max_steps", -1), -1)
+    samples = (cfg.get("callbacks") or {}).get("validation_samples")
+    if samples:
+        at_least("callbacks.validation_samples.num_items", samples.get("num_items", 4), 0)
+        steps = (samples.get("generation") or {}).get("num_inference_steps")
+        at_least("callbacks.validation_samples.generation.num_inference_steps", steps, 1, allow_none=True)
     if cfg.get("ckpt_path") and cfg.ckpt_path != "auto":  # auto: checked once found (training/run.py)
         check_checkpoint_file(cfg.ckpt_path)
 
