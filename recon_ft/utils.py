@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -40,3 +41,16 @@ def expect(ok: bool, option: str, expected: str, value) -> None:
     """ValueError "<option>: expected <expected>, got <value>" unless ok."""
     if not ok:
         raise ValueError(f"{option}: expected {expected}, got {value!r}")
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Every submodule of a torch module in eval mode, each one's own mode restored after (frozen
+    bases may be in eval mode while their adapters train)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

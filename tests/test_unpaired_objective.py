@@ -13,6 +13,7 @@ import torch
 from recon_ft.constants import CLIP_MEAN, CLIP_STD
 from recon_ft.method import unpaired as U
 from recon_ft.method.objective import LossConfig, compute_losses
+from recon_ft.utils import eval_mode
 from tests.conftest import TEXT_ENCODER_ADAPTER, fake_batch, tiny_pair
 from tests.test_cycle_values import _randomize_adapters, clip_ids, smoothed_ce_by_hand
 
@@ -183,7 +184,7 @@ def test_self_train_is_the_caption_loss_of_the_beam_caption(sharp_pair, bridge):
     out = compute_losses(captioner, generator, bridge, batch, cfg, rng=torch.Generator().manual_seed(SEED))
     pixels = batch["unpaired_images"]["image_cap"]
     prompt = captioner.tokenizer(["a picture of "] * 2, return_tensors="pt").input_ids  # [CLS] a picture of [SEP]
-    with torch.no_grad(), U.eval_mode(captioner):
+    with torch.no_grad(), eval_mode(captioner):
         # BLIP's generate starts from [DEC] and drops the [SEP]; 20 positions with the prompt's 4
         ids = captioner.model.generate(pixel_values=pixels, input_ids=prompt, num_beams=3, max_new_tokens=16,
                                        min_new_tokens=1, do_sample=False)

@@ -31,6 +31,7 @@ import contextlib
 import torch
 
 from recon_ft.method import losses as L
+from recon_ft.utils import eval_mode
 
 IMAGE_MODES = ("soft", "ranked", "self_train")
 
@@ -174,19 +175,6 @@ def sample_latents_with_grad(generator, texts: list[str], steps: int, grad_steps
 def _caption_loss_on(captioner, image_cap, captions: list[str], cfg) -> torch.Tensor:
     tokens = captioner.tokenize(captions, image_cap.device)
     return L.caption_loss(captioner.logits(image_cap, tokens), tokens.labels, cfg.label_smoothing)
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module):
-    """Every submodule in eval mode, each one's own mode restored after (frozen bases may already
-    be in eval mode while adapters train)."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager

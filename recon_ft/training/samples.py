@@ -36,6 +36,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from recon_ft.eval.captioning import CaptionSettings, beam_captions
 from recon_ft.eval.generation import GenerationSettings, generate_images, save_png, to_pil
 from recon_ft.eval.seeds import item_seed
+from recon_ft.utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,6 @@ def untouched_rng(device: torch.device):
     finally:
         random.setstate(py)
         np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module):
-    """Every submodule in eval mode, each one's own mode back afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def markdown_table(rows: list[dict]) -> str:
