@@ -225,6 +225,10 @@ def test_open_clip_features_loads_local_weights(clip, tmp_path):
     images = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(loaded.encode_image(images), clip.encode_image(images))
     torch.testing.assert_close(loaded.encode_text(["a red circle", "x"]), clip.encode_text(["a red circle", "x"]))
+    # no single weights file: identified by its tensors, the same as the CLIP it was saved from
+    from recon_ft.eval.identity import identity, state_sha256
+
+    assert identity(loaded) == {"key": f"open_clip local-dir:{tmp_path}", "sha256": state_sha256(clip)}
     with pytest.raises(FileNotFoundError, match="pretrained"):
         features.open_clip_features("ViT-B-32", pretrained=str(tmp_path / "missing.bin"))
 
@@ -321,6 +325,10 @@ def test_inception_features_from_local_file(tmp_path, monkeypatch):
     out = feat(images)
     assert out.shape == (2, 2048)
     torch.testing.assert_close(out, ref((images * 255).byte()))  # torchmetrics' normalize=True convention
+    from recon_ft.eval.identity import identity
+    from recon_ft.utils import file_sha256
+
+    assert identity(feat) == {"key": "inception-v3-compat 2048", "sha256": file_sha256(tmp_path / "inception.pth")}
 
 
 # --------------------------------------------------------------------------- statistics

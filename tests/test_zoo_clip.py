@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from recon_ft.data.synthetic import Scene, Shape
 from recon_ft.eval.features import ClipImageFeatures, ClipZeroShotLogits, zoo_clip_features, zoo_clip_fid_features
+from recon_ft.utils import file_sha256
 from recon_ft.zoo import get_recipe
 from recon_ft.zoo.cache import clip_dir, ensure_clip
 from recon_ft.zoo.clip import build_clip, contrastive_loss, load_clip
@@ -126,6 +127,10 @@ def test_metrics_zoo_is_evals_default_and_scores_with_the_zoo_clip(cfg_eval):
     assert OmegaConf.create({"p": "${zoo:clip}"}).p == str(clip_dir(get_clip_recipe("smoke")))
     assert metrics["extractors/clip"] == f"zoo CLIP {key} (trained on the synthetic benchmark)"
     assert metrics["extractors/fid"] == f"image tower of zoo CLIP {key} (trained on the synthetic benchmark)"
+    # the very network: its key and its weights file's sha256, one for all three views of the CLIP
+    weights = file_sha256(clip_dir(get_clip_recipe("smoke")) / "model.safetensors")
+    assert {metrics[f"extractors/{n}_key"] for n in ("clip", "fid", "inception_score")} == {key}
+    assert {metrics[f"extractors/{n}_sha256"] for n in ("clip", "fid", "inception_score")} == {weights}
     assert metrics["extractors/random"] is False
     # The smoke CLIP barely trained, but its matched cosines are positive, so CLIPScore varies over
     # the T2I2T images (the tiny random CLIP's are clipped to 0: a constant, a null Spearman).

@@ -62,6 +62,10 @@ class ClipFeatures(nn.Module):
     # What produced the numbers, recorded in metrics.json (extractors/*); the builders set them.
     description: str = "CLIP (unspecified weights)"
     random: bool = False  # random weights: its scores mean nothing
+    # Its identity (recon_ft.eval.identity): a short key, and the weights file whose sha256 is recorded
+    # (None: the state dict's sha256 is).
+    key: str | None = None
+    weights_file: str | None = None
 
     def __init__(self, model: nn.Module, tokenizer: Callable[[Sequence[str]], torch.Tensor],
                  image_size: int | tuple[int, int], mean: Sequence[float] = CLIP_MEAN,
@@ -145,6 +149,9 @@ def open_clip_features(model_name: str = "ViT-B-32", pretrained: str | None = No
     feats.random = pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:"))
     weights = "RANDOM weights" if feats.random else f"({pretrained or model_name})"
     feats.description = f"open_clip {model_name} {weights}"
+    feats.key = f"open_clip {model_name}" + (f" {Path(pretrained).name if os.path.isfile(pretrained) else pretrained}"
+                                             if pretrained else "")
+    feats.weights_file = pretrained if pretrained is not None and os.path.isfile(pretrained) else None
     return feats.to(device)
 
 
@@ -171,21 +178,25 @@ def tiny_clip_features(seed: int = 0, embed_dim: int = 32, image_size: int = 32,
     tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
     feats = ClipFeatures(model, tokenizer, image_size, CLIP_MEAN, CLIP_STD, batch_size)
     feats.random, feats.description = True, f"tiny random CLIP (seed {seed})"
+    feats.key = f"tiny-clip-d{embed_dim}-{image_size}px-seed{seed}"
     return feats.to(device)
 
 
 def zoo_clip_features(directory: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                       batch_size: int = 64) -> ClipFeatures:
     """The synthetic zoo's CLIP (recon_ft.zoo.clip): trained on the shapes benchmark, the CLIP of
-    metrics=zoo. ``directory``: a built zoo CLIP; None: the zoo's cache (built on first use, about
-    2 minutes; recipe $RECON_FT_ZOO, else default)."""
+    metrics=zoo. ``directory``: a built zoo CLIP; None: the zoo's cache (the default recipe's CLIP
+    ships with the package and is copied there on first use; another recipe's is built, seconds to
+    minutes; recipe $RECON_FT_ZOO, else default)."""
     from recon_ft.zoo.cache import ensure_clip
     from recon_ft.zoo.clip import load_clip
 
-    model, tokenizer, record = load_clip(directory if directory is not None else ensure_clip())
+    directory = Path(directory if directory is not None else ensure_clip())
+    model, tokenizer, record = load_clip(directory)
     feats = ClipFeatures(model, tokenizer, record["model_config"]["vision_cfg"]["image_size"], CLIP_MEAN, CLIP_STD,
                          batch_size)
     feats.description = f"zoo CLIP {record['key']} (trained on the synthetic benchmark)"
+    feats.key, feats.weights_file = record["key"], str(directory / "model.safetensors")
     return feats.to(device)
 
 
@@ -200,6 +211,8 @@ class _FrozenFeatures(nn.Module):
     num_features: int
     description: str = "image features"
     random: bool = False  # random weights: FID / IS from it mean nothing
+    key: str | None = None  # as ClipFeatures': recon_ft.eval.identity
+    weights_file: str | None = None
 
     def train(self, mode: bool = True):
         return super().train(False)
@@ -226,6 +239,7 @@ class InceptionFeatures(_FrozenFeatures):
         self.net.requires_grad_(False)
         self.num_features = 1008 if num_features == "logits_unbiased" else int(num_features)
         self.description = f"InceptionV3 {num_features} ({weights_path})"
+        self.key, self.weights_file = f"inception-v3-compat {num_features}", str(weights_path)
         self.eval()
 
     @torch.no_grad()
@@ -243,6 +257,7 @@ class TinyImageFeatures(_FrozenFeatures):
         super().__init__()
         self.num_features, self.image_size = int(num_features), int(image_size)
         self.random, self.description = True, f"tiny random conv net (seed {seed})"
+        self.key = f"tiny-conv-f{self.num_features}-{self.image_size}px-seed{seed}"
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             self.net = nn.Sequential(
@@ -271,6 +286,7 @@ class ClipImageFeatures(_FrozenFeatures):
         self.clip = clip
         self.num_features = int(clip.model.text_projection.shape[1])
         self.random, self.description = clip.random, f"image tower of {clip.description}"
+        self.key, self.weights_file = clip.key, clip.weights_file
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -289,6 +305,7 @@ class ClipZeroShotLogits(_FrozenFeatures):
         self.num_features = len(prompts)
         self.random = clip.random
         self.description = f"{clip.description}, zero-shot over {len(prompts)} {name}"
+        self.key, self.weights_file = clip.key, clip.weights_file
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,8 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     is_feature = instantiate(cfg.metrics.inception_score).to(device) if cfg.metrics.get("inception_score") else None
     metrics = analyze(rows, out_dir, analysis_settings, clip=clip, fid_feature=fid_feature, notes=notes,
                       is_feature=is_feature)
-    metrics.update(report.extractor_info(clip, fid_feature, is_feature, fid_real(cfg)))
+    sbert = analysis_settings.t2i2t and analysis_settings.text_similarity == "sbert"  # SBERT scored T2I2T
+    metrics.update(report.extractor_info(clip, fid_feature, is_feature, fid_real(cfg), sbert=sbert))
     bad_at_index = int(datamodule.num_bad_at_index.get(cfg.split, 0))
     metrics.update({
         "data/items": float(len(rows)),

@@ -19,6 +19,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from recon_ft.eval.identity import identity, sbert_identity
+
 log = logging.getLogger(__name__)
 
 TILE = 160  # px: images are upscaled (nearest) to at least this, so 32 px tiny outputs stay readable
@@ -42,11 +44,20 @@ SUMMARY_SELECTIONS = {
 SUMMARY_GRIDS = 2
 
 
-def extractor_info(clip, fid_feature, is_feature, fid_real: str) -> dict[str, Any]:
-    """metrics.json's record of what produced the model-based numbers (extractors/*)."""
+def extractor_info(clip, fid_feature, is_feature, fid_real: str, sbert: bool = False) -> dict[str, Any]:
+    """metrics.json's record of what produced the model-based numbers (extractors/*): per extractor
+    used, its description, key and weights' sha256 (recon_ft.eval.identity); `sbert`: SBERT scored
+    the T2I2T text similarity."""
     used = {"clip": clip, "fid": fid_feature, "inception_score": is_feature}
-    info: dict[str, Any] = {f"extractors/{name}": getattr(m, "description", type(m).__name__)
-                            for name, m in used.items() if m is not None}
+    info: dict[str, Any] = {}
+    for name, m in used.items():
+        if m is not None:
+            info[f"extractors/{name}"] = getattr(m, "description", type(m).__name__)
+            ident = identity(m)
+            info[f"extractors/{name}_key"], info[f"extractors/{name}_sha256"] = ident["key"], ident["sha256"]
+    if sbert and (ident := sbert_identity()) is not None:
+        info.update({"extractors/sbert": ident["description"], "extractors/sbert_key": ident["key"],
+                     "extractors/sbert_sha256": ident["sha256"]})
     info["extractors/random"] = any(getattr(m, "random", False) for m in used.values() if m is not None)
     info["extractors/fid_real"] = fid_real
     return info

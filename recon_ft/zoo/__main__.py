@@ -2,8 +2,8 @@
 
 Without --out the zoo goes to the cache that `${zoo:...}` reads (a second call finds it there; a zoo
 shipped with the package, recon_ft/zoo/shipped, is copied there instead of built), and its CLIP
-(the synthetic benchmark's metric extractor, metrics=zoo) into its own cache directory; --out always
-builds from scratch, and the CLIP goes to DIR/clip.
+(the synthetic benchmark's metric extractor, metrics=zoo; shipped too for the default recipe) into
+its own cache directory; --out always builds from scratch, and the CLIP goes to DIR/clip.
 
 python -m recon_ft.zoo --family blip2_opt [git ...] | all [--recipe default|smoke] [--out DIR]: build
 (or find) the other families' variants instead (recon_ft.zoo.families), one after the other, each on
@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv=None) -> None:
+    from recon_ft.utils import file_sha256
     from recon_ft.zoo.build import build_zoo, resummarize
     from recon_ft.zoo.cache import build_clip_once, ensure_clip, ensure_zoo, load_record
     from recon_ft.zoo.clip_check import report as clip_report
@@ -52,12 +53,14 @@ def main(argv=None) -> None:
         record = load_record(directory)
         if args.resummarize:
             record = resummarize(directory, get_recipe(args.recipe))
-        clip = ensure_clip(args.recipe)  # found when the zoo's build made it; else built now (minutes)
+        # found when the zoo's build made it or a first use copied the shipped one; else built now (minutes)
+        clip = ensure_clip(args.recipe)
     clip_record = json.loads((clip / "clip.json").read_text())
     print(f"zoo: {directory}")
     print(f"build seconds: {json.dumps(record['seconds'])}")
     print(report(record["competence"]))
-    print(f"CLIP: {clip} (built in {clip_record['seconds']['total']} s)")
+    print(f"CLIP: {clip} (built in {clip_record['seconds']['total']} s; "
+          f"model.safetensors sha256 {file_sha256(clip / 'model.safetensors')})")
     print(f"  {clip_report(clip_record['validation'])}")
 
 

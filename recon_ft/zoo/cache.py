@@ -3,6 +3,9 @@
 A zoo whose build is too long for a first use ships with the package (recon_ft/zoo/shipped/<key>:
 a build's captioner/, generator/ and zoo.json, which names the commit that built it); the first
 use copies it into the cache instead of building it. `python -m recon_ft.zoo --out DIR` rebuilds it.
+The default zoo's CLIP ships too (recon_ft/zoo/shipped/clip-<recipe>-<hash>: model.safetensors and
+clip.json), not for its build time but because it is a metric extractor: a build differs slightly
+between machines, and so would every CLIP number; the shipped one is the same network everywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from recon_ft.utils import file_sha256
 from recon_ft.zoo.families import FamilyRecipe, get_family_recipe
 from recon_ft.zoo.recipe import CLIP_RECIPES, ClipRecipe, ZooRecipe, get_clip_recipe, get_recipe
 
@@ -59,6 +63,22 @@ def shipped_dir(recipe: ZooRecipe) -> Path | None:
     return directory if is_built(directory) else None
 
 
+def shipped_clip_dir(recipe: ClipRecipe) -> Path | None:
+    """The package's copy of the CLIP of `recipe` (found by its key, as a zoo), or None."""
+    directory = SHIPPED_ROOT / recipe.key
+    return directory if (directory / "clip.json").is_file() and (directory / "model.safetensors").is_file() else None
+
+
+def install_shipped(shipped: Path, directory: Path, what: str, detail: str) -> None:
+    """Copy a shipped directory into the cache (the caller holds its lock), saying so: whole or
+    absent, as a build."""
+    print(f"Installing {what} shipped with recon_ft into {directory} ({detail}) ...", file=sys.stderr, flush=True)
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(shipped, partial)
+    partial.rename(directory)
+
+
 def ensure_zoo(name: str | None = None) -> Path:
     """The directory of the zoo of recipe `name` (default: $RECON_FT_ZOO, else "default"), copied from
     the package's shipped zoos or else built first if it is absent. Concurrent callers (DDP ranks,
@@ -72,13 +92,9 @@ def ensure_zoo(name: str | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         shipped = shipped_dir(recipe)
         if not is_built(directory) and shipped is not None:
-            commit = load_record(shipped).get("commit")
-            print(f"Installing the synthetic model zoo '{recipe.name}' shipped with recon_ft into {directory} "
-                  f"(built at commit {commit}; `python -m recon_ft.zoo --out DIR` rebuilds it) ...", file=sys.stderr, flush=True)
-            partial = directory.with_name(directory.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(shipped, partial)
-            partial.rename(directory)  # whole or absent, as a build
+            install_shipped(shipped, directory, f"the synthetic model zoo '{recipe.name}'",
+                            f"built at commit {load_record(shipped).get('commit')}; "
+                            "`python -m recon_ft.zoo --out DIR` rebuilds it")
         if not is_built(directory):
             from recon_ft.zoo.build import build_zoo
             from recon_ft.zoo.competence import report
@@ -88,9 +104,11 @@ def ensure_zoo(name: str | None = None) -> Path:
                   + (f"; about {minutes:g} minutes on 2 CPU cores" if minutes else "") + ") ...",
                   file=sys.stderr, flush=True)
             start = time.perf_counter()
-            # The CLIP of the same name is built alongside (after the captioner, in its process).
+            # The CLIP of the same name is built alongside (after the captioner, in its process),
+            # unless the package ships it.
             clip = CLIP_RECIPES.get(recipe.name)
-            build_clip = functools.partial(build_clip_once, clip, clip_dir(clip)) if clip else None
+            build_clip = functools.partial(build_clip_once, clip, clip_dir(clip), shipped=shipped_clip_dir(clip)) \
+                if clip else None
             record = build_zoo(recipe, directory, build_clip=build_clip)
             print(f"zoo built in {(time.perf_counter() - start) / 60:.1f} min\n{report(record['competence'])}",
                   file=sys.stderr, flush=True)
@@ -146,13 +164,18 @@ def ensure_family(family: str, name: str | None = None) -> Path:
     return directory
 
 
-def build_clip_once(recipe: ClipRecipe, directory: Path, data=None) -> Path:
-    """Build the CLIP into `directory` unless it is there; concurrent callers wait for one build."""
+def build_clip_once(recipe: ClipRecipe, directory: Path, data=None, shipped: Path | None = None) -> Path:
+    """The CLIP in `directory`: found, else copied from `shipped` (the package's copy of this
+    recipe's CLIP), else built; concurrent callers wait for one copy or build."""
     if (directory / "clip.json").is_file():
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.parent / f"{directory.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (directory / "clip.json").is_file() and shipped is not None:
+            install_shipped(shipped, directory, f"the zoo's CLIP '{recipe.name}' (eval's metric extractor)",
+                            f"model.safetensors sha256 {file_sha256(shipped / 'model.safetensors')}; "
+                            "`python -m recon_ft.zoo --out DIR` rebuilds it")
         if not (directory / "clip.json").is_file():
             from recon_ft.zoo.clip import build_clip
 
@@ -165,9 +188,10 @@ def build_clip_once(recipe: ClipRecipe, directory: Path, data=None) -> Path:
 
 def ensure_clip(name: str | None = None) -> Path:
     """The directory of the zoo CLIP of recipe `name` (default: $RECON_FT_ZOO, else "default"),
-    built first if it is absent (it does not need the captioner and generator)."""
+    copied from the package's shipped CLIPs (the default's) or else built first if it is absent (it
+    does not need the captioner and generator)."""
     recipe = get_clip_recipe(recipe_name(name))
-    return build_clip_once(recipe, clip_dir(recipe))
+    return build_clip_once(recipe, clip_dir(recipe), shipped=shipped_clip_dir(recipe))
 
 
 def load_record(directory: str | Path) -> dict:
