@@ -337,7 +337,8 @@ def test_guidance_defaults_to_the_generators_own(tmp_path):
 
     from recon_ft.eval.pipeline import settings_from
 
-    pair = SimpleNamespace(generator=SimpleNamespace(guidance_scale=2.0), tiny_generator=False)
+    pair = SimpleNamespace(generator=SimpleNamespace(guidance_scale=2.0), tiny_generator=False,
+                           captioner=SimpleNamespace(caption_max_length=20))  # its length: tests/test_caption_length.py
     default, _ = settings_from(compose_eval(tmp_path), pair)
     given, _ = settings_from(compose_eval(tmp_path, "generation.guidance_scale=6.0"), pair)
     assert default.generation.guidance_scale == 2.0 and given.generation.guidance_scale == 6.0

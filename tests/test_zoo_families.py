@@ -91,25 +91,35 @@ def test_loaded_variants_keep_their_family_traits(built):
     assert not t5.decoder_only and t5.prompt == "a picture of "
 
 
-def test_the_pairs_caption_budget_holds_the_longest_caption():
+def test_the_caption_budgets_hold_the_longest_caption(cfg_train):
     """The family builds' summary and the pairing study caption with 30 positions with the prompt:
     room for the benchmark's longest caption (three shapes) and its end token in every family's
-    tokens, where eval's BLIP default of 20 cuts the OPT variant's byte-level BPE caption short."""
+    tokens, where BLIP's 20 cuts the OPT variant's byte-level BPE caption short. Each zoo
+    captioner's own length (its config's caption_max_length, what eval.py and the validation
+    callback use by default) holds the caption; the BLIP-2 variants' 30 its end token too."""
     from recon_ft.data.synthetic import COLOURS, KINDS, SIZES
     from recon_ft.experiments.pairs.plan import DEFAULT_EVAL
+    from recon_ft.models.blip import build_blip
     from recon_ft.zoo.family_build import CAPTION_KWARGS
 
     assert f"caption.max_length={CAPTION_KWARGS['max_length']}" in DEFAULT_EVAL
     phrases = [f"a {s} {c} {k}" for s in SIZES for c in COLOURS for k in KINDS]
-    cut_at_20 = set()
-    for family in ("blip2_opt", "blip2_t5", "git"):
-        captioner = build_model(get_family_recipe(family, "smoke"))
+    cut_at_20, own_lengths = set(), {}
+    captioners = {family: build_model(get_family_recipe(family, "smoke")) for family in ("blip2_opt", "blip2_t5", "git")}
+    captioners["blip"] = build_blip(tiny={"image_size": 32}, adapter={"mode": "frozen"})  # the zoo BLIP's tokens
+    for family, captioner in captioners.items():
         # tokens to generate: the caption's and its end token (the prompt's are labelled -100)
         needed = max(int((captioner.tokenize([" left of ".join([p] * 3)]).labels != -100).sum()) for p in phrases)
         assert needed <= captioner.new_token_range(CAPTION_KWARGS["max_length"], 5)["max_new_tokens"], family
         if needed - 1 > captioner.new_token_range(20, 5)["max_new_tokens"]:  # the caption itself does not fit
             cut_at_20.add(family)
+        own = own_lengths[family] = int(cfg_train(f"captioner=zoo_{family}").captioner.caption_max_length)
+        room = captioner.new_token_range(own, 5)["max_new_tokens"]
+        assert needed - 1 <= room, family  # the caption fits in the captioner's own length
+        if family.startswith("blip2"):
+            assert needed <= room and captioner.caption_max_length == own, family  # and its end; the builder's own
     assert cut_at_20 == {"blip2_opt"}
+    assert own_lengths == {"blip2_opt": 30, "blip2_t5": 30, "git": 20, "blip": 20}
 
 
 @pytest.mark.parametrize("family", ["git", "sd2"])

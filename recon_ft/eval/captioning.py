@@ -22,7 +22,9 @@ from recon_ft.eval.seeds import item_seed
 @dataclass
 class CaptionSettings:
     num_beams: int = 3
-    max_length: int = 20  # counted with [DEC] and the prompt, as in BLIP (captioner.new_token_range)
+    # counted with [DEC] and the prompt, as in BLIP (captioner.new_token_range); None: the
+    # captioner's own (its config's caption_max_length: BLIP's 20, BLIP-2's 30)
+    max_length: int | None = None
     min_length: int = 5
     repetition_penalty: float = 1.0  # beam search
     mode: str = "beam"  # beam | sample: how the main caption (caption/* metrics) is made

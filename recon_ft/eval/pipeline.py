@@ -34,6 +34,8 @@ SPLITS = ("train", "val", "test")
 
 def settings_from(cfg: DictConfig, pair: Pair) -> tuple[EvalSettings, AnalysisSettings]:
     caption = CaptionSettings(**OmegaConf.to_container(cfg.caption, resolve=True))
+    if caption.max_length is None:  # the captioner's own (its config's caption_max_length)
+        caption.max_length = int(pair.captioner.caption_max_length)
     generation = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True))
     if generation.guidance_scale is None:  # the generator's own (its config's guidance_scale)
         generation.guidance_scale = float(pair.generator.guidance_scale)

@@ -55,6 +55,13 @@ class Captioner(nn.Module):
     `tokenize`, `logits`, `_generation_inputs`, `_caption_start` and `token_embedding`.
     """
 
+    # The length of its captions when a caller gives none (`generate`; eval.py's caption.max_length
+    # and the caption-validation callback's max_length: null), counted as BLIP counts, with the
+    # positions before the caption (`new_token_range`). The length belongs to the captioner, as
+    # guidance belongs to the generator: a tokenizer that splits captions finer needs more (the
+    # zoo's BLIP-2 OPT's byte-level BPE). The builders set it from their `caption_max_length`.
+    caption_max_length: int = 20
+
     def __init__(self, model, processor, prompt: str = "a picture of ", max_length: int = 40):
         super().__init__()
         self.model = model  # the transformers model, LoRA layers injected when training adapters
@@ -120,7 +127,7 @@ class Captioner(nn.Module):
         self,
         pixel_values: torch.Tensor,
         num_beams: int = 3,
-        max_length: int = 20,
+        max_length: int | None = None,
         min_length: int = 5,
         do_sample: bool = False,
         top_p: float = 0.9,
@@ -131,10 +138,12 @@ class Captioner(nn.Module):
         """Captions (without the prompt) for a batch: B * num_return_sequences strings, grouped by image.
 
         Lengths count the positions before the caption too (`new_token_range`), as BLIP's own
-        generate does: with BLIP's "a picture of " (4 tokens) the defaults 20 / 5 allow 1 to 16
-        caption tokens. `generate_kwargs` go to transformers' generate (e.g. `logits_processor`:
-        the evaluation's per-item seeded nucleus sampling, recon_ft.eval.captioning).
+        generate does: with BLIP's "a picture of " (4 tokens) 20 / 5 allow 1 to 16 caption tokens.
+        `max_length` None: the captioner's own (`caption_max_length`). `generate_kwargs` go to
+        transformers' generate (e.g. `logits_processor`: the evaluation's per-item seeded nucleus
+        sampling, recon_ft.eval.captioning).
         """
+        max_length = self.caption_max_length if max_length is None else max_length
         out = self.model.generate(
             pixel_values=pixel_values, **self._generation_inputs(pixel_values),
             **self.new_token_range(max_length, min_length),
@@ -186,9 +195,16 @@ def image_side(image_processor) -> int:
     return int(size.get("height") or size["shortest_edge"])
 
 
-def finish_build(captioner: Captioner, pretrained, adapter, gradient_checkpointing, save_base_to) -> Captioner:
-    """The builders' common tail: save a random-init base (before adapters, so a run's adapters
-    always load back onto the exact base they were trained on), add adapters, checkpointing."""
+def finish_build(captioner: Captioner, pretrained, adapter, gradient_checkpointing, save_base_to,
+                 caption_max_length: int = Captioner.caption_max_length) -> Captioner:
+    """The builders' common tail: the caption length, save a random-init base (before adapters, so
+    a run's adapters always load back onto the exact base they were trained on), add adapters,
+    checkpointing."""
+    p = captioner.prompt_length
+    if int(caption_max_length) <= p:  # said now, not at the first validation's generate
+        raise ValueError(f"captioner.caption_max_length={caption_max_length} counts the prompt's {p} positions: "
+                         f"expected more than {p}")
+    captioner.caption_max_length = int(caption_max_length)
     if save_base_to and not pretrained and is_rank_zero():
         captioner.save_base(save_base_to)
     captioner.configure_adapters(AdapterSpec.coerce(adapter))

@@ -46,9 +46,11 @@ def caption_metrics(captions: list[str], references: list[list[str]]) -> dict[st
 
 
 class CaptionValidation(L.Callback):
-    """Beam-search captions of up to `max_items` validation items per validation, scored."""
+    """Beam-search captions of up to `max_items` validation items per validation, scored.
+    `max_length` None: the captioner's own caption length (`Captioner.caption_max_length`)."""
 
-    def __init__(self, max_items: int | None = 64, num_beams: int = 3, max_length: int = 20, min_length: int = 5):
+    def __init__(self, max_items: int | None = 64, num_beams: int = 3, max_length: int | None = None,
+                 min_length: int = 5):
         self.max_items = max_items
         self.generate_kwargs = dict(num_beams=num_beams, max_length=max_length, min_length=min_length)
         self._captions: list[str] = []

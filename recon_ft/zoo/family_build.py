@@ -26,7 +26,8 @@ from recon_ft.zoo.pretrain import latent_moments, train_captioner, train_unet, t
 
 FROZEN = {"mode": "frozen"}
 # The pairing study's caption lengths (recon_ft.experiments.pairs.plan.DEFAULT_EVAL): 30 positions with the
-# prompt, not BLIP's 20, which cut the OPT variant's longest captions (byte-level BPE) short.
+# prompt for every family, explicit so that the recorded summaries compare across families (BLIP's 20
+# cut the OPT variant's longest captions, byte-level BPE, short; its own caption_max_length is 30).
 CAPTION_KWARGS = ZOO_CAPTION_KWARGS | {"max_length": 30}
 
 

@@ -19,9 +19,12 @@ from recon_ft.experiments.runner import Chain, Step
 ZOO_CAPTIONERS = ("zoo_blip", "zoo_blip2_opt", "zoo_blip2_t5", "zoo_git")
 ZOO_GENERATORS = ("zoo_sd", "zoo_sd2", "zoo_sdxl")
 # Both analyses on the test split (compositions held out from training), 32 items, k = 5 candidates.
-# Captions up to 30 positions with the prompt (eval's BLIP default is 20): the longest benchmark
-# caption is 16 tokens of the zoo BLIP-2 OPT's byte-level BPE, which 20 allows only 15, so it cut
-# three-shape captions short (recon_ft.zoo.family_build.CAPTION_KWARGS).
+# Captions up to 30 positions with the prompt for every captioner, explicitly, not each captioner's
+# own length (eval's caption.max_length: null): the matrix compares captioners under one budget,
+# the one their family builds' summaries use (recon_ft.zoo.family_build.CAPTION_KWARGS), and its
+# published results (docs/pairs.md) were made with it. 30 holds the longest benchmark caption in
+# every family's tokens (16 in the zoo BLIP-2 OPT's byte-level BPE, whose own length is 30 for that
+# reason); the zoo BLIP's own 20 could give its row other captions than the published ones.
 DEFAULT_EVAL = ("split=test", "limit=32", "caption.max_length=30")
 SEPARATOR = "__"
 

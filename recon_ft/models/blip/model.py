@@ -82,6 +82,7 @@ def build_blip(
     save_base_to: str | None = None,
     init_seed: int = 0,
     attention: str = "sdpa",
+    caption_max_length: int = 20,
 ) -> BlipCaptioner:
     """BLIP captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
     or a published architecture with random weights (`arch`: "blip_base", "blip_large"), with the
@@ -90,6 +91,8 @@ def build_blip(
     A randomly initialized model is written to `save_base_to` (before adapters are added), so a run's
     adapters can always be loaded back onto the exact base they were trained on. `attention`: the
     vision encoder's attention, "sdpa" (fused, no N x N matrix kept) or transformers' "eager".
+    `caption_max_length`: its captions' length when a caller gives none, with [DEC] and the prompt
+    (`Captioner.caption_max_length`); 20 as BLIP's captioning evaluation.
     """
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -99,7 +102,7 @@ def build_blip(
     )
     set_blip_attention(model, attention)
     captioner = BlipCaptioner(model, processor, prompt=prompt, max_length=max_length)
-    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
+    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to, caption_max_length)
 
 
 def _offline_processor(config):

@@ -154,6 +154,7 @@ def build_blip2(
     gradient_checkpointing: bool = False,
     save_base_to: str | None = None,
     init_seed: int = 0,
+    caption_max_length: int = 30,
 ) -> Blip2Captioner:
     """BLIP-2 captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
     (recon_ft.models.blip2.configs.tiny_blip2_config; `tiny.language_model`: opt | t5) or a published
@@ -163,6 +164,9 @@ def build_blip2(
     recon_ft.models.trained_tokenizers (the real ones are not available offline); with `arch` the
     model keeps its real vocabulary size and only the tokenizer's ids are used. `caption_end`: the
     text of the token that ends a caption (decoder-only models; default the tokenizer's EOS).
+    `caption_max_length`: its captions' length when a caller gives none, with BOS and the prompt
+    (`Captioner.caption_max_length`); 30 as BLIP-2's captioning evaluation (LAVIS's max_len), which
+    also holds the longest benchmark caption in the zoo OPT's byte-level BPE (16 tokens + 5).
     """
     from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
@@ -172,7 +176,7 @@ def build_blip2(
     )
     untie_t5_lm_head(model)
     captioner = Blip2Captioner(model, processor, prompt=prompt, max_length=max_length, caption_end=caption_end)
-    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
+    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to, caption_max_length)
 
 
 def untie_t5_lm_head(model):

@@ -73,12 +73,16 @@ def build_git(
     gradient_checkpointing: bool = False,
     save_base_to: str | None = None,
     init_seed: int = 0,
+    caption_max_length: int = 20,
 ) -> GitCaptioner:
     """GIT captioner from `pretrained` (hub id or local directory) or, offline, from a tiny config
     (recon_ft.models.git.configs.tiny_git_config) or a published architecture with random weights (`arch`:
     "git_base", "git_large"), with the real tokenizer (BERT uncased) either way.
 
     GIT's COCO checkpoints caption from [CLS] alone, so the prompt defaults to none.
+    `caption_max_length`: its captions' length when a caller gives none, with [CLS] and the prompt
+    (`Captioner.caption_max_length`); 20, transformers' default, which GIT's generation configs
+    keep (BERT's WordPiece, as BLIP's).
     """
     from transformers import AutoProcessor, GitForCausalLM
 
@@ -87,7 +91,7 @@ def build_git(
         archs=ARCHS, tiny_config=tiny_git_config, offline_processor=_offline_processor,
     )
     captioner = GitCaptioner(model, processor, prompt=prompt, max_length=max_length)
-    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to)
+    return finish_build(captioner, pretrained, adapter, gradient_checkpointing, save_base_to, caption_max_length)
 
 
 def _offline_processor(config):
