@@ -118,8 +118,7 @@ def own_captions(captioner, image_cap: torch.Tensor, cfg, rng, sampled: int, bea
     """The captioner's captions of each image, grouped by image: its beam caption (if `beam`), then
     `sampled` nucleus samples (top_p `cfg.unpaired_caption_top_p`), seeded from `rng`.
     Captioned with the modules in eval mode (no dropout), their modes restored after."""
-    length = {"max_length": cfg.unpaired_caption_max_length or getattr(captioner, "generation_max_length", 20),
-              "min_length": 5}
+    length = {"max_length": cfg.unpaired_caption_max_length, "min_length": 5}  # None: the captioner's own
     with eval_mode(captioner):
         groups = []
         if beam:
