@@ -102,7 +102,11 @@ def test_no_unpaired_rows_no_unpaired_terms_and_the_paired_values_unchanged(pair
     empty = {**paired_only, "unpaired_images": {"image_cap": paired_only["image_cap"][:0],
                                                 "image_gen": paired_only["image_gen"][:0], "id": []}}
     out = compute_losses(captioner, generator, bridge, empty, cfg, rng=torch.Generator().manual_seed(SEED))
-    assert "loss_i2t2i_unpaired" not in out and "loss_t2i2t_unpaired" not in out
+    assert "loss_t2i2t_unpaired" not in out  # this batch drew no texts
+    # it drew images, all of them bad: a zero that still reaches the captioner (DDP's ranks agree)
+    assert out["loss_i2t2i_unpaired"].item() == 0.0 and out["loss_i2t2i_unpaired"].requires_grad
+    assert "loss_i2t2i_unpaired" not in compute_losses(captioner, generator, bridge, paired_only, cfg,
+                                                       rng=torch.Generator().manual_seed(SEED))
 
 
 # -- values by hand -------------------------------------------------------------------------------
@@ -255,3 +259,35 @@ def test_text_cycle_samples_as_diffusers_ddim_and_captions_the_text(sharp_pair, 
     expected = ce_by_hand(captioner, pixels, TEXTS)
     assert out["loss_t2i2t_unpaired"].item() == pytest.approx(expected, rel=1e-4)
     assert ce_by_hand(captioner, pixels, TEXTS[::-1]) != pytest.approx(expected, rel=1e-3)  # each text its image
+
+
+@pytest.mark.parametrize("captioner_name, generator_name", [("tiny_blip2_opt", "sdxl"), ("tiny_git", "sd2")])
+def test_other_families_train_through_the_unpaired_terms(captioner_name, generator_name):
+    """BLIP-2 OPT with SDXL (two text encoders, pooled and size conditioning) and GIT with SD 2
+    (v-prediction): each unpaired image mode reaches the captioner's adapters, the text cycle the
+    generator's."""
+    from recon_ft.method.bridge import VocabBridge
+    from tests.test_captioner_families import build_captioner
+    from tests.test_generator_families import _tiny
+
+    captioner, generator = build_captioner(captioner_name), _tiny(generator_name)
+    bridge = VocabBridge.from_tokenizers(captioner.tokenizer, generator.tokenizer)
+    for loss, reaches in ((dict(lambda_img_unpaired=1.0, unpaired_image_mode="soft"), "captioner"),
+                          (dict(lambda_img_unpaired=1.0, unpaired_image_mode="ranked"), "captioner"),
+                          (dict(lambda_img_unpaired=1.0, unpaired_image_mode="self_train"), "captioner"),
+                          (dict(lambda_txt_unpaired=1.0), "generator")):
+        reached = _reached(captioner, generator, bridge, loss)
+        assert reached == {"captioner": reaches == "captioner", "generator": reaches == "generator"}, loss
+
+
+def _reached(captioner, generator, bridge, loss):
+    for p in list(captioner.parameters()) + list(generator.parameters()):
+        p.grad = None
+    cfg = LossConfig.coerce({**OFF, "unpaired_rank_k": 2, "unpaired_rank_draws": 1,
+                             "unpaired_text_sampling_steps": 2, **loss})
+    out = compute_losses(captioner, generator, bridge, with_unpaired(captioner, generator), cfg,
+                         rng=torch.Generator().manual_seed(SEED))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    return {name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+            for name, model in (("captioner", captioner), ("generator", generator))}

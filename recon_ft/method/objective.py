@@ -171,8 +171,11 @@ def compute_losses(
         else:  # no row qualifies this batch: a zero that still touches the graph (DDP needs that)
             out["loss_t2i2t"] = pred.sum() * 0.0
 
-    if w["i2t2i_unpaired"] and len(batch.get("unpaired_images", {}).get("id", ())):
-        out.update(image_cycle_unpaired(captioner, generator, bridge, batch["unpaired_images"], cfg, rng, critic))
+    if w["i2t2i_unpaired"] and "unpaired_images" in batch:
+        if len(batch["unpaired_images"]["id"]):
+            out.update(image_cycle_unpaired(captioner, generator, bridge, batch["unpaired_images"], cfg, rng, critic))
+        else:  # every image this batch drew was bad: a zero on the captioner's adapters, as DDP's other ranks
+            out["loss_i2t2i_unpaired"] = sum(p.sum() for p in captioner.parameters() if p.requires_grad) * 0.0
     if w["t2i2t_unpaired"] and batch.get("unpaired_texts"):
         out["loss_t2i2t_unpaired"] = text_cycle_unpaired(captioner, generator, batch["unpaired_texts"], cfg, rng,
                                                          critic=critic)
