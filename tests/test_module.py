@@ -57,3 +57,35 @@ def test_param_groups_and_per_model_clipping():
     n = sum(p.numel() for p in groups["captioner"]["params"])
     assert norm(groups["captioner"]["params"]) == pytest.approx(10.0 * math.sqrt(n), rel=1e-5)
     assert all(torch.equal(p.grad, torch.full_like(p, 10.0)) for p in groups["captioner"]["params"])
+
+
+@pytest.mark.parametrize("base_dropout", [True, False])
+def test_training_modes_are_the_same_for_random_init_and_published_models(tmp_path, base_dropout):
+    """from_pretrained gives eval mode, a config build train mode: at fit start both get the same
+    modes; with base_dropout the bases train with their dropout, without it only LoRA's dropout runs."""
+    from recon_ft.models.blip import build_blip
+    from recon_ft.models.sd import build_stable_diffusion
+    from recon_ft.training.module import set_training_modes
+    from tests.conftest import CAPTIONER_ADAPTER, UNET_ADAPTER
+
+    frozen = {"mode": "frozen"}
+    build_blip(tiny={"image_size": 32}, adapter=frozen).save_base(tmp_path / "captioner")
+    build_stable_diffusion(tiny={"sample_size": 32}, unet_adapter=frozen).save_base(tmp_path / "generator")
+    random_init = (build_blip(tiny={"image_size": 32}, adapter=CAPTIONER_ADAPTER),
+                   build_stable_diffusion(tiny={"sample_size": 32}, unet_adapter=UNET_ADAPTER))
+    loaded = (build_blip(pretrained=str(tmp_path / "captioner"), adapter=CAPTIONER_ADAPTER),
+              build_stable_diffusion(pretrained=str(tmp_path / "generator"), unet_adapter=UNET_ADAPTER))
+    assert not loaded[0].model.training and random_init[0].model.training  # as the libraries build them
+
+    def modes(pair):
+        return {f"{i}.{name}": m.training for i, model in enumerate(pair) for name, m in model.named_modules()}
+
+    for pair in (random_init, loaded):
+        set_training_modes(*pair, base_dropout=base_dropout)
+    assert modes(random_init) == modes(loaded)
+    got = modes(loaded)
+    assert not any(v for k, v in got.items() if k.startswith("1.vae"))  # the frozen VAE: eval
+    lora_dropout = [v for k, v in got.items() if "lora_dropout" in k]
+    assert lora_dropout and all(lora_dropout)
+    bases = [v for k, v in got.items() if "lora" not in k and not k.startswith("1.vae")]
+    assert all(bases) if base_dropout else not any(bases)

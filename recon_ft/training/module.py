@@ -21,6 +21,29 @@ log = logging.getLogger(__name__)
 MIN_GRAD_SCALE = 1.0
 
 
+def set_training_modes(captioner, generator, base_dropout: bool = True) -> None:
+    """The modules' train / eval modes for training steps, the same whichever way a model was built.
+
+    transformers' and diffusers' from_pretrained return models in eval mode and a model built from
+    a config is in train mode; left as they are, a published model would finetune without the
+    dropout its config names (and transformers would skip gradient checkpointing, which acts in
+    train mode only) while a random-init one trains with it. base_dropout=True puts the captioner,
+    the UNet and the text encoder(s) in train mode, as transformers' Trainer and diffusers' LoRA
+    scripts do: their dropout as configured (0 throughout in BLIP, SD and the zoo; 0.1 in OPT, T5
+    and GIT). False: the frozen weights in eval mode, the adapters' own dropout still on. The VAE
+    and a TAESD cycle decoder only encode and decode frozen: always eval.
+    """
+    for model in (captioner, generator):
+        model.train(base_dropout)
+        if not base_dropout:  # the adapters' dropout stays on
+            for name, module in model.named_modules():
+                if "lora_dropout" in name:
+                    module.train()
+    for frozen in (generator.vae, getattr(generator, "cycle_decoder", None)):
+        if frozen is not None:
+            frozen.eval()
+
+
 def build_frozen_cache(cfg, generator) -> FrozenCache | None:
     """The cache of frozen computations a `frozen_cache` config asks for, or None."""
     cfg = CacheConfig.coerce(cfg)
@@ -42,8 +65,9 @@ def build_frozen_cache(cfg, generator) -> FrozenCache | None:
 
 class ReconModule(L.LightningModule):
     def __init__(self, captioner, generator, loss=None, optim=None, seed: int = 0, max_nonfinite_steps: int = 10,
-                 frozen_cache=None):
+                 frozen_cache=None, base_dropout: bool = True):
         super().__init__()
+        self.base_dropout = base_dropout
         self.seed = seed
         self.max_nonfinite_steps = max_nonfinite_steps
         self.captioner = captioner
@@ -221,6 +245,8 @@ class ReconModule(L.LightningModule):
             self.log(f"val/{name}", value, batch_size=b, sync_dist=True, prog_bar=name == "loss")
 
     def on_fit_start(self) -> None:
+        # Lightning keeps the modes it finds; they are set here, whichever way the models were built.
+        set_training_modes(self.captioner, self.generator, self.base_dropout)
         if self.trainer.strategy.root_device.type == "cpu":
             # Each step's memory stays mapped for the next one instead of going back to the kernel
             # and being faulted in again (~10% of a CPU step; recon_ft/training/allocator.py).

@@ -45,6 +45,7 @@ def build_module(cfg: DictConfig) -> ReconModule:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         seed=cfg.seed,
         max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),
+        base_dropout=cfg.get("base_dropout", True),
         frozen_cache=OmegaConf.to_container(cfg.frozen_cache, resolve=True) if cfg.get("frozen_cache") else None,
     )
 
