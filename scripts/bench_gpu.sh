@@ -14,9 +14,9 @@
 # published as source only: `pip wheel` builds its pure-Python wheel here). Nothing else is needed
 # by `python -m recon_ft.experiments.bench` (no wandb).
 #
-# It runs the tiny size first (a check that the GPU path works, ~1 min), then the real size
-# (~6 min: model build on the CPU, then 10 phases). Every file it writes is under $OUT:
-# nvidia-smi.txt, tiny.log, tiny/bench.{json,md}, real.log, real/bench.{json,md}.
+# Every file it writes is under $OUT: nvidia-smi.txt, tiny.log, tiny/bench.{json,md}, syncs.json,
+# real.log, real/bench.{json,md}, real_fp16/bench.{json,md}, fsdp.log, fsdp_resume.log, fsdp/
+# (the run folder). PARTS below chooses the parts (e.g. PARTS="syncs fsdp" for a second call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHL=.whl
@@ -46,13 +46,50 @@ export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, lightning, transformers, peft, diffusers, hydra; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__, '| hydra', hydra.__version__)" || exit 2
 
-echo "== tiny size on the GPU (sanity check)"
-timeout 120 python3 -m recon_ft.experiments.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
-    | tee "$OUT/tiny.log" | grep -v -i warn || echo "tiny run FAILED (rc=$?), going on with the real size"
+# PARTS chooses what runs, in this order (all by default, about 13 minutes): tiny (the GPU path
+# works), syncs (host-device synchronisations of one training step), real (bf16-mixed), fp16
+# (the real size at 16-mixed: the grad scaler's path), fsdp (train.py with the real architectures
+# under FSDP on one GPU: the strategy's wrapping, sharded checkpoint and resume).
+PARTS=${PARTS:-"tiny syncs real fp16 fsdp"}
+rc=0
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 
-echo "== real size: SD v1.5 + BLIP base, batch 8, bf16-mixed, gradient checkpointing"
-timeout 450 python3 -m recon_ft.experiments.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
-    | tee "$OUT/real.log" | grep -v -i warn
-rc=${PIPESTATUS[0]}
-echo "real run exit status $rc"
+if has tiny; then
+    echo "== tiny size on the GPU (sanity check)"
+    timeout 120 python3 -m recon_ft.experiments.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
+        | tee "$OUT/tiny.log" | grep -v -i warn || echo "tiny run FAILED (rc=$?), going on"
+fi
+
+if has syncs; then
+    echo "== host-device synchronisations of one training step (torch.cuda.set_sync_debug_mode)"
+    timeout 120 python3 scripts/count_syncs.py --out "$OUT/syncs.json" 2>&1 | tee "$OUT/syncs.log" | grep -v -i "warn" \
+        || echo "sync count FAILED, going on"
+fi
+
+if has real; then
+    echo "== real size: SD v1.5 + BLIP base, batch 8, bf16-mixed, gradient checkpointing"
+    timeout 450 python3 -m recon_ft.experiments.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
+        | tee "$OUT/real.log" | grep -v -i warn
+    rc=${PIPESTATUS[0]}
+    echo "real run exit status $rc"
+fi
+
+if has fp16; then
+    echo "== real size at 16-mixed (fp16 autocast, the grad scaler)"
+    timeout 300 python3 -m recon_ft.experiments.bench --size real --device cuda --precision 16-mixed --steps 6 --warmup 2 --rounds 1 \
+        --out "$OUT/real_fp16" 2>&1 | tee "$OUT/real_fp16.log" | grep -v -i warn
+    echo "fp16 run exit status ${PIPESTATUS[0]}"
+fi
+
+if has fsdp; then
+    echo "== FSDP: train.py, BLIP base + SD v1.5 architectures (random weights), 1 GPU, bf16-mixed, 4 steps, then resumed to 6"
+    common=(captioner=blip_base_arch generator=sd15_arch trainer=fsdp trainer.devices=1 trainer.precision=bf16-mixed
+            validate_base=false trainer.limit_val_batches=0 data.batch_size=4 data.num_workers=0 data.train.size=64
+            '~callbacks.caption_validation' '~callbacks.validation_samples' '~callbacks.best_checkpoint'
+            callbacks.model_checkpoint.every_n_train_steps=2 hydra.run.dir="$OUT/fsdp")
+    timeout 240 python3 train.py "${common[@]}" trainer.max_steps=4 2>&1 | tee "$OUT/fsdp.log" | grep -v -i warn | tail -15
+    echo "fsdp run exit status ${PIPESTATUS[0]}"
+    timeout 180 python3 train.py "${common[@]}" trainer.max_steps=6 ckpt_path=auto 2>&1 | tee "$OUT/fsdp_resume.log" | grep -v -i warn | tail -8
+    echo "fsdp resume exit status ${PIPESTATUS[0]}"
+fi
 exit "$rc"

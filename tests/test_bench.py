@@ -255,3 +255,25 @@ def test_gradient_checkpointing_changes_no_gradient(module):
     assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 0
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-7, msg=k)
+
+
+def test_the_gpu_script_parses_and_its_fsdp_run_composes():
+    """bench_gpu.sh runs where no one watches: its bash parses, and its FSDP train.py command line
+    composes the real architectures with the FSDP strategy (Lightning's FSDP needs a GPU to run)."""
+    import re
+    import shlex
+    import subprocess
+
+    from tests.conftest import compose_config
+
+    script = CONF_DIR.parent / "scripts" / "bench_gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    block = re.search(r"common=\((.*?)\)\n", text, re.S).group(1)
+    overrides = [o for o in shlex.split(block) if not o.startswith("hydra.")]
+    cfg = compose_config("train", *overrides, "trainer.max_steps=4")
+    assert cfg.trainer.strategy._target_ == "lightning.pytorch.strategies.FSDPStrategy"
+    assert cfg.captioner.arch and cfg.generator.arch and not cfg.captioner.get("pretrained")
+    assert "caption_validation" not in cfg.callbacks and "validation_samples" not in cfg.callbacks
+    for part in ("tiny", "syncs", "real", "fp16", "fsdp"):
+        assert f"has {part}" in text
