@@ -210,3 +210,18 @@ def test_unpaired_options_are_checked():
     with pytest.raises(ValueError, match="every_n_steps"):
         UnpairedStream("texts", 3, 1, every_n_steps=0)
     assert StreamKey("images", 2) != (2, 0)  # never read as a paired SampleKey
+
+
+def test_on_bad_sample_raise_stops_at_a_bad_unpaired_item(tmp_path):
+    from recon_ft.data import BadSampleError
+
+    write_images(tmp_path / "imgs", n=2)
+    (tmp_path / "t.txt").write_text("a star\n\n")
+    dm = _datamodule({"texts": str(tmp_path / "t.txt")})
+    dm.on_bad_sample = "raise"
+    with pytest.raises(BadSampleError, match="t.txt:2: empty caption"):
+        dm.train_dataloader()
+    dm = _datamodule({"images": str(tmp_path / "imgs"), "batch_size": 3})
+    dm.on_bad_sample = "raise"
+    with pytest.raises(BadSampleError, match="broken.png"):
+        list(dm.train_dataloader())

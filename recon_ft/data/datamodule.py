@@ -334,8 +334,8 @@ class CaptionDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
-    def _loader(self, split: str, batch_sampler: BatchSampler) -> DataLoader:
-        return DataLoader(self._view_dataset(split), batch_sampler=batch_sampler, collate_fn=self.collate,
+    def _loader(self, split: str, batch_sampler: BatchSampler, dataset: Dataset | None = None) -> DataLoader:
+        return DataLoader(dataset or self._view_dataset(split), batch_sampler=batch_sampler, collate_fn=self.collate,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
@@ -358,12 +358,14 @@ class CaptionDataModule(LightningDataModule):
             self.skip_train_batches(skip)
         if not self.streams:
             return self._loader("train", batches)
+        for name, ds in self.unpaired.items():
+            bad = list(getattr(ds, "bad_at_index", []))
+            if bad and self.on_bad_sample == "raise":
+                raise BadSampleError(*bad[0])
         dataset = MixedDataset(self._view_dataset("train"), {
             name: UnpairedView(ds, name, self.eval_caption_view, self.generator_view, self.on_bad_sample)
             for name, ds in self.unpaired.items()})
-        return DataLoader(dataset, batch_sampler=MixedBatchSampler(batches, self.streams), collate_fn=self.collate,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        return self._loader("train", MixedBatchSampler(batches, self.streams), dataset)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
