@@ -1,4 +1,4 @@
-"""Samples at every validation (recon_ft/training/samples.py): a tiny run with the TensorBoard and CSV
+"""Samples at every validation (recon_ft/eval/live_samples.py): a tiny run with the TensorBoard and CSV
 loggers and a W&B-like logger, read back from what each one received."""
 
 from __future__ import annotations
