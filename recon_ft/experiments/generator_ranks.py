@@ -17,8 +17,9 @@ and per item: `truth_top` (the truth scores lowest of all candidates) and, where
 caption is not the truth, `truth_beats_captioner`. This bounds what any image cycle can teach: a
 generator that cannot tell the truth from an edit has nothing to teach about that attribute.
 
-Writes items.csv (one row per item, object and attribute) and summary.json (means with 95%
-bootstrap intervals over items) under --out; `--report-only` recomputes summary.json from items.csv.
+Writes items.csv (one row per item, object and attribute), summary.json (means with 95%
+bootstrap intervals over items) and report.md under --out; `--report-only` recomputes the last two
+from items.csv and run.json, byte for byte (no dates, no paths of this machine).
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def summarize(rows: list[dict]) -> dict:
     out: dict = {}
     for split in sorted({r["split"] for r in rows}):
         of_split = [r for r in rows if r["split"] == split]
-        items = sorted({r["item"] for r in of_split})
-        first = {r["item"]: r for r in of_split}  # the item-level columns repeat on each row
+        items = sorted({int(r["item"]) for r in of_split})  # ints, read from the CSV or not
+        first = {int(r["item"]): r for r in of_split}  # the item-level columns repeat on each row
         block = {"items": len(items),
                  "captioner_exact": _bootstrap(np.array([float(first[i]["captioner_exact"]) for i in items])),
                  "truth_top": _bootstrap(np.array([float(first[i]["truth_top"]) for i in items])),
@@ -158,6 +159,44 @@ def summarize(rows: list[dict]) -> dict:
                 block[f"{key}/objects"] = len(chosen)
         out[split] = block
     return out
+
+
+def _cell(values) -> str:
+    mean, low, high = values
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def report(summary: dict) -> str:
+    """The summary as markdown: per split, the generator's and the captioner's accuracy per attribute."""
+    lines = ["# E0: does the generator know what the captioner gets wrong?", "",
+             f"`{summary['command']}` on the zoo `{summary['zoo']}` (its base models, forward passes only). "
+             "Means over items with 95% bootstrap intervals. The generator's pick: the truth scores below every "
+             "edit of that object's attribute, by the mean denoising loss over shared (t, noise) draws; the "
+             "captioner's: its beam caption names the attribute rightly. Pre-registered in plan.md (E0); the "
+             "primary row is test, held-out objects, kind.", ""]
+    for split in SPLITS:
+        block = summary.get(split)
+        if not block:
+            continue
+        lines += [f"## {split} ({block['items']} items)", "",
+                  "| objects | attribute | n | generator picks the truth | captioner names it | chance |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for subset in ("all", "heldout_objects"):
+            for attribute in ATTRIBUTES:
+                key = f"{attribute}/{subset}"
+                if f"{key}/gen_correct" in block:
+                    lines.append(f"| {subset.replace('_', ' ')} | {attribute} | {block[key + '/objects']} | "
+                                 f"{_cell(block[key + '/gen_correct'])} | {_cell(block[key + '/cap_correct'])} | "
+                                 f"{block[key + '/chance']:.3f} |")
+        lines += ["", f"- The captioner's caption is exact on {_cell(block['captioner_exact'])} of the items.",
+                  f"- The truth scores lowest of all {block['items']} items' candidates (the truth, the captioner's "
+                  f"caption, every single-attribute edit) on {_cell(block['truth_top'])} (chance "
+                  f"{block['truth_top_chance']:.3f})."]
+        if "truth_beats_captioner" in block:
+            lines.append(f"- Where the captioner's caption is not the truth ({block['captioner_wrong_items']} items), "
+                         f"the truth scores below it on {_cell(block['truth_beats_captioner'])}.")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
@@ -193,6 +232,7 @@ def main(argv=None) -> dict:
         (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     summary = {**run, **summarize(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "report.md").write_text(report(summary))
     print(json.dumps(summary, indent=1))
     return summary
 
