@@ -192,9 +192,12 @@ def test_wandb_offline_run_holds_the_images_and_the_table(tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_SILENT", "true")
     trainer, _ = train(tmp_path, "trainer.max_steps=2", f"callbacks.validation_samples.num_items={ITEMS}",
                        loggers=["logger=wandb"])
+    # the run's own files folder: where wandb put it depends on the process's earlier wandb runs
+    files = [Path(logger.experiment.dir) for logger in trainer.loggers if hasattr(logger.experiment, "dir")]
     for logger in trainer.loggers:
         logger.experiment.finish()
-    media = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media"
+    assert len(files) == 1 and files[0].name == "files"
+    media = files[0] / "media"
     assert len(list((media / "images" / "samples").glob("generated_*.png"))) == 2 * ITEMS  # steps 0 and 2
     tables = [json.loads(p.read_text()) for p in (media / "table" / "samples").glob("captions_*.table.json")]
     assert all(t["columns"] == ["step", "item", "caption", "references", "prompt"] for t in tables)
