@@ -38,15 +38,23 @@ def with_unpaired(captioner, generator, b=2):
     return batch
 
 
-def step_after(captioner, generator, bridge, **loss):
-    """One SGD step on the batch's total loss: (which models' adapters got a gradient, which moved)."""
+def backward_once(captioner, generator, bridge, **loss) -> dict:
+    """The batch's losses with only `loss`'s terms (small search and sampling settings), backpropagated
+    from zeroed gradients."""
     for p in list(captioner.parameters()) + list(generator.parameters()):
         p.grad = None
     cfg = LossConfig.coerce({**OFF, "unpaired_rank_k": 2, "unpaired_rank_draws": 2,
                              "unpaired_text_sampling_steps": 3, **loss})
     out = compute_losses(captioner, generator, bridge, with_unpaired(captioner, generator), cfg,
                          rng=torch.Generator().manual_seed(SEED))
+    assert torch.isfinite(out["loss"])
     out["loss"].backward()
+    return out
+
+
+def step_after(captioner, generator, bridge, **loss):
+    """One SGD step on the batch's total loss: (which models' adapters got a gradient, which moved)."""
+    out = backward_once(captioner, generator, bridge, **loss)
     frozen = [p for p in list(captioner.parameters()) + list(generator.parameters()) if not p.requires_grad]
     assert all(p.grad is None for p in frozen), "a frozen base weight received a gradient"
     parts = {"captioner": captioner, "unet": generator.unet, "text_encoder": generator.text_encoder}
@@ -284,13 +292,6 @@ def test_other_families_train_through_the_unpaired_terms(captioner_name, generat
 
 
 def _reached(captioner, generator, bridge, loss):
-    for p in list(captioner.parameters()) + list(generator.parameters()):
-        p.grad = None
-    cfg = LossConfig.coerce({**OFF, "unpaired_rank_k": 2, "unpaired_rank_draws": 1,
-                             "unpaired_text_sampling_steps": 2, **loss})
-    out = compute_losses(captioner, generator, bridge, with_unpaired(captioner, generator), cfg,
-                         rng=torch.Generator().manual_seed(SEED))
-    assert torch.isfinite(out["loss"])
-    out["loss"].backward()
+    backward_once(captioner, generator, bridge, **loss)
     return {name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
             for name, model in (("captioner", captioner), ("generator", generator))}

@@ -79,13 +79,15 @@ def rank_items(split: str, items: int, draws: int, seed: int = 0) -> list[dict]:
         images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)  # (b, 3, 64, 64) uint8
         with torch.no_grad():
             said = captioner.generate(captioner.preprocess(to_unit_range(images)), num_beams=3)
-        groups = [[captions(scene)[0], told, *(c for _, _, c in edits(scene))] for scene, told in zip(scenes, said)]
+        scene_edits = [edits(scene) for scene in scenes]
+        groups = [[captions(scene)[0], told, *(c for _, _, c in ed)] for scene, told, ed in zip(scenes, said, scene_edits)]
         width = max(len(g) for g in groups)  # padded with the truth: the extra scores are not read
         flat = [c for g in groups for c in g + [g[0]] * (width - len(g))]
         rng = torch.Generator().manual_seed(seed * 1_000_003 + start)
         scores = denoising_scores(generator, to_unit_range(images, generator.image_size), flat, draws, rng)
-        for index, scene, told_text, group, row_scores in zip(indices, scenes, said, groups, scores.tolist()):
-            rows += _rows(split, index, scene, told_text, group, row_scores[: len(group)])
+        for index, scene, told_text, group, ed, row_scores in zip(indices, scenes, said, groups, scene_edits,
+                                                                  scores.tolist()):
+            rows += _rows(split, index, scene, told_text, group, row_scores[: len(group)], ed)
     return rows
 
 
@@ -96,16 +98,19 @@ def zoo_key() -> str:
     return get_recipe("default").key
 
 
-def _rows(split, index, scene, said, candidates, scores) -> list[dict]:
-    """One item's rows: candidates = [truth, the captioner's caption, edits...], scores alike."""
+def _rows(split, index, scene, said, candidates, scores, scene_edits=None) -> list[dict]:
+    """One item's rows: candidates = [truth, the captioner's caption, *scene_edits' captions] (the
+    edits: `edits(scene)`), scores alike."""
     from recon_ft.data.synthetic import HELDOUT_PAIRS, parse_caption
+
+    scene_edits = edits(scene) if scene_edits is None else scene_edits
 
     told = parse_caption(said)
     same_count = told is not None and len(told) == len(scene)
     truth_top = int(np.argmin(scores) == 0)
     beats = int(scores[0] < scores[1]) if said != candidates[0] else ""
     by_object: dict[tuple[int, str], list[float]] = {}
-    for (position, attribute, _), score in zip(edits(scene), scores[2:]):
+    for (position, attribute, _), score in zip(scene_edits, scores[2:]):
         by_object.setdefault((position, attribute), []).append(score)
     rows = []
     for (position, attribute), edit_scores in by_object.items():

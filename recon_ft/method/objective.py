@@ -21,8 +21,8 @@ import torch
 
 from recon_ft.method import losses as L
 from recon_ft.method.frozen_cache import FrozenCache
-from recon_ft.method.unpaired import IMAGE_MODES, image_cycle_unpaired, noised_latents, soft_caption_denoising, \
-    text_cycle_unpaired
+from recon_ft.method.passes import noised_latents, soft_caption_denoising
+from recon_ft.method.unpaired import IMAGE_MODES, image_cycle_unpaired, text_cycle_unpaired
 from recon_ft.utils import dataclass_from, expect
 
 
