@@ -187,7 +187,7 @@ def test_ranked_takes_each_images_own_best_caption(sharp_pair, bridge, monkeypat
     expected = ce_by_hand(captioner, pixels, ["a large blue square", "a purple triangle"])
     swapped = ce_by_hand(captioner, pixels.flip(0), ["a large blue square", "a purple triangle"])
     assert abs(expected - swapped) > 1e-4 * expected  # a caption scored on the wrong image would not pass
-    assert out["loss_i2t2i_unpaired"].item() == pytest.approx(expected, rel=1e-6)
+    assert out["loss_i2t2i_unpaired"].item() == pytest.approx(expected, rel=1e-5)  # float32 against float64
     assert out["unpaired/ranked_not_beam"].item() == 0.5
 
 
