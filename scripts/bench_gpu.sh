@@ -14,9 +14,15 @@
 # published as source only: `pip wheel` builds its pure-Python wheel here). Nothing else is needed
 # by `python -m recon_ft.experiments.bench` (no wandb).
 #
-# Every file it writes is under $OUT: nvidia-smi.txt, tiny.log, tiny/bench.{json,md}, syncs.json,
-# real.log, real/bench.{json,md}, real_fp16/bench.{json,md}, fsdp.log, fsdp_resume.log, fsdp/
-# (the run folder). PARTS below chooses the parts (e.g. PARTS="syncs fsdp" for a second call).
+# Every file it writes is under $OUT: nvidia-smi.txt, tiny.log, tiny/bench.{json,md}, syncs.{log,json},
+# real.log, real/bench.{json,md}, fp16.log, fp16_summary.json, fp16_metrics.csv, fsdp.log,
+# fsdp_resume.log, fsdp_summary.json, fsdp_metrics.csv, and all of them in bench_gpu.tgz. The
+# training runs' folders (their base models are gigabytes) stay under $RUNS.
+#
+# PARTS chooses the parts and their order (e.g. PARTS="syncs fsdp" for a second call). BUDGET_S
+# bounds the whole script: each part runs under the smaller of its own limit and the time left, and
+# a part with under a minute left is skipped and says so, so that a lent machine's budget ends
+# with every finished part's files written and bundled.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHL=.whl
@@ -37,59 +43,85 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 
 OUT=${OUT:-outputs/bench_gpu}
-mkdir -p "$OUT"
+RUNS=${RUNS:-${TMPDIR:-/tmp}/recon_ft_bench_gpu}
+BUDGET_S=${BUDGET_S:-900}
+mkdir -p "$OUT" "$RUNS"
 ls "$WHL"/diffusers-*.whl >/dev/null 2>&1 || { echo "no wheels in $WHL: run 'bash scripts/bench_gpu.sh --prepare' first (with network) and carry .whl"; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl || exit 2
 cp -r "$WHL/site/." /tmp/site/
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
-python3 -c "import torch, lightning, transformers, peft, diffusers, hydra; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__, '| hydra', hydra.__version__)" || exit 2
+python3 -c "import torch, lightning, transformers, peft, diffusers, hydra; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__, '| hydra', hydra.__version__)" 2>&1 | tee -a "$OUT/nvidia-smi.txt" || exit 2
 
-# PARTS chooses what runs, in this order (all by default, about 13 minutes): tiny (the GPU path
-# works), syncs (host-device synchronisations of one training step), real (bf16-mixed), fp16
-# (the real size at 16-mixed: the grad scaler's path), fsdp (train.py with the real architectures
-# under FSDP on one GPU: the strategy's wrapping, sharded checkpoint and resume).
-PARTS=${PARTS:-"tiny syncs real fp16 fsdp"}
+# The parts (all by default, in this order; about 13 minutes):
+#   real   the benchmark at real size, bf16-mixed, gradient checkpointing: step times, peak memory,
+#          the joint-over-reference ratio (the table of docs/benchmark.md)
+#   syncs  host-device synchronisations of one training step (torch.cuda.set_sync_debug_mode)
+#   fsdp   train.py with the real architectures under FSDP on one GPU, bf16-mixed: the strategy's
+#          wrapping and checkpoint, then ckpt_path=auto resuming it for 2 more steps
+#   fp16   train.py with the real architectures at 16-mixed: the grad scaler's path, its skipped steps
+#   tiny   the tiny size on the GPU (the sanity check of the GPU path, a minute)
+PARTS=${PARTS:-"real syncs fsdp fp16 tiny"}
 rc=0
-has() { [[ " $PARTS " == *" $1 "* ]]; }
 
-if has tiny; then
-    echo "== tiny size on the GPU (sanity check)"
-    timeout 120 python3 -m recon_ft.experiments.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 --out "$OUT/tiny" 2>&1 \
-        | tee "$OUT/tiny.log" | grep -v -i warn || echo "tiny run FAILED (rc=$?), going on"
-fi
+# limit CAP: the seconds a part may run, CAP or what the budget has left (minus the bundling's 10 s)
+limit() { local left=$(( BUDGET_S - SECONDS - 10 )); echo $(( left < $1 ? left : $1 )); }
+enough() { local t; t=$(limit "$1"); (( t >= 60 )) || { echo "== $2: skipped, ${t}s of the budget left"; return 1; }; }
+failed() { echo "$1 exit status $2"; (( $2 == 0 )) || rc=1; }
 
-if has syncs; then
-    echo "== host-device synchronisations of one training step (torch.cuda.set_sync_debug_mode)"
-    timeout 120 python3 scripts/count_syncs.py --out "$OUT/syncs.json" 2>&1 | tee "$OUT/syncs.log" | grep -v -i "warn" \
-        || echo "sync count FAILED, going on"
-fi
+# A training run of the real architectures (random weights), no validation; the overrides name the
+# trainer (gpu or fsdp) and the run folder (under $RUNS).
+real_run() {  # real_run NAME SECONDS [overrides...]
+    local name=$1 secs=$2; shift 2
+    timeout "$secs" python3 train.py captioner=blip_base_arch generator=sd15_arch trainer.devices=1 \
+        validate_base=false trainer.limit_val_batches=0 data.batch_size=4 data.num_workers=0 data.train.size=64 \
+        '~callbacks.caption_validation' '~callbacks.validation_samples' '~callbacks.best_checkpoint' \
+        callbacks.model_checkpoint.every_n_train_steps=2 "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -i warn | tail -12
+    local status=${PIPESTATUS[0]}
+    failed "$name" "$status"
+}
+keep_run() {  # keep_run NAME RUN_FOLDER: its summary and logged metrics
+    cp "$2/summary.json" "$OUT/${1}_summary.json" 2>/dev/null
+    cp "$2/logs/metrics.csv" "$OUT/${1}_metrics.csv" 2>/dev/null
+}
 
-if has real; then
-    echo "== real size: SD v1.5 + BLIP base, batch 8, bf16-mixed, gradient checkpointing"
-    timeout 450 python3 -m recon_ft.experiments.bench --size real --device cuda --steps 8 --warmup 2 --rounds 1 --out "$OUT/real" "$@" 2>&1 \
-        | tee "$OUT/real.log" | grep -v -i warn
-    rc=${PIPESTATUS[0]}
-    echo "real run exit status $rc"
-fi
-
-if has fp16; then
-    echo "== real size at 16-mixed (fp16 autocast, the grad scaler)"
-    timeout 300 python3 -m recon_ft.experiments.bench --size real --device cuda --precision 16-mixed --steps 6 --warmup 2 --rounds 1 \
-        --out "$OUT/real_fp16" 2>&1 | tee "$OUT/real_fp16.log" | grep -v -i warn
-    echo "fp16 run exit status ${PIPESTATUS[0]}"
-fi
-
-if has fsdp; then
-    echo "== FSDP: train.py, BLIP base + SD v1.5 architectures (random weights), 1 GPU, bf16-mixed, 4 steps, then resumed to 6"
-    common=(captioner=blip_base_arch generator=sd15_arch trainer=fsdp trainer.devices=1 trainer.precision=bf16-mixed
-            validate_base=false trainer.limit_val_batches=0 data.batch_size=4 data.num_workers=0 data.train.size=64
-            '~callbacks.caption_validation' '~callbacks.validation_samples' '~callbacks.best_checkpoint'
-            callbacks.model_checkpoint.every_n_train_steps=2 hydra.run.dir="$OUT/fsdp")
-    timeout 240 python3 train.py "${common[@]}" trainer.max_steps=4 2>&1 | tee "$OUT/fsdp.log" | grep -v -i warn | tail -15
-    echo "fsdp run exit status ${PIPESTATUS[0]}"
-    timeout 180 python3 train.py "${common[@]}" trainer.max_steps=6 ckpt_path=auto 2>&1 | tee "$OUT/fsdp_resume.log" | grep -v -i warn | tail -8
-    echo "fsdp resume exit status ${PIPESTATUS[0]}"
-fi
+for part in $PARTS; do
+    case $part in
+    real)
+        enough 330 "real size" || continue
+        echo "== real size: SD v1.5 + BLIP base, batch 8, bf16-mixed, gradient checkpointing"
+        timeout "$(limit 330)" python3 -m recon_ft.experiments.bench --size real --device cuda --steps 5 --warmup 2 --rounds 1 \
+            --out "$OUT/real" 2>&1 | tee "$OUT/real.log" | grep -v -i warn
+        failed "real" "${PIPESTATUS[0]}" ;;
+    syncs)
+        enough 90 "syncs" || continue
+        echo "== host-device synchronisations of one training step"
+        timeout "$(limit 90)" python3 scripts/count_syncs.py --out "$OUT/syncs.json" 2>&1 | tee "$OUT/syncs.log" | grep -v -i warn
+        failed "syncs" "${PIPESTATUS[0]}" ;;
+    fsdp)
+        enough 240 "fsdp" || continue
+        echo "== FSDP: train.py, BLIP base + SD v1.5 architectures, 1 GPU, bf16-mixed, 4 steps, then resumed to 6"
+        rm -rf "$RUNS/fsdp"
+        fsdp=(trainer=fsdp trainer.devices=1 trainer.precision=bf16-mixed hydra.run.dir="$RUNS/fsdp")
+        real_run fsdp "$(limit 140)" "${fsdp[@]}" trainer.max_steps=4
+        enough 60 "fsdp resume" && real_run fsdp_resume "$(limit 100)" "${fsdp[@]}" trainer.max_steps=6 ckpt_path=auto
+        keep_run fsdp "$RUNS/fsdp" ;;
+    fp16)
+        enough 150 "fp16" || continue
+        echo "== 16-mixed: train.py, BLIP base + SD v1.5 architectures, 1 GPU, 6 steps (the grad scaler's path)"
+        rm -rf "$RUNS/fp16"
+        real_run fp16 "$(limit 150)" trainer=gpu trainer.precision=16-mixed trainer.max_steps=6 hydra.run.dir="$RUNS/fp16"
+        keep_run fp16 "$RUNS/fp16" ;;
+    tiny)
+        enough 120 "tiny" || continue
+        echo "== tiny size on the GPU (sanity check)"
+        timeout "$(limit 120)" python3 -m recon_ft.experiments.bench --size tiny --device cuda --steps 5 --warmup 2 --rounds 1 \
+            --out "$OUT/tiny" 2>&1 | tee "$OUT/tiny.log" | grep -v -i warn | tail -20
+        failed "tiny" "${PIPESTATUS[0]}" ;;
+    *) echo "unknown part $part (expected real syncs fsdp fp16 tiny)"; rc=2 ;;
+    esac
+done
+tar czf "$RUNS/bench_gpu.tgz" -C "$OUT" . && mv "$RUNS/bench_gpu.tgz" "$OUT/"
+echo "parts done in ${SECONDS}s of a ${BUDGET_S}s budget; files in $OUT"
 exit "$rc"

@@ -257,9 +257,10 @@ def test_gradient_checkpointing_changes_no_gradient(module):
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-7, msg=k)
 
 
-def test_the_gpu_script_parses_and_its_fsdp_run_composes():
-    """bench_gpu.sh runs where no one watches: its bash parses, and its FSDP train.py command line
-    composes the real architectures with the FSDP strategy (Lightning's FSDP needs a GPU to run)."""
+def test_the_gpu_script_parses_and_its_training_runs_compose():
+    """bench_gpu.sh runs where no one watches: its bash parses, and its train.py command lines (FSDP
+    and 16-mixed) compose the real architectures with the strategy and precision they are there to
+    check (Lightning's FSDP needs a GPU to run)."""
     import re
     import shlex
     import subprocess
@@ -269,11 +270,19 @@ def test_the_gpu_script_parses_and_its_fsdp_run_composes():
     script = CONF_DIR.parent / "scripts" / "bench_gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    block = re.search(r"common=\((.*?)\)\n", text, re.S).group(1)
-    overrides = [o for o in shlex.split(block) if not o.startswith("hydra.")]
-    cfg = compose_config("train", *overrides, "trainer.max_steps=4")
+    common = re.search(r"python3 train.py (.*?)\"\$@\"", text, re.S).group(1)
+    common = [o for o in shlex.split(common.replace("\\\n", " ")) if o != "\\"]
+    fsdp = [o for o in shlex.split(re.search(r"fsdp=\((.*?)\)\n", text, re.S).group(1)) if not o.startswith("hydra.")]
+    fp16 = shlex.split(re.search(r'real_run fp16 "\$\(limit \d+\)" (.*?) hydra', text).group(1))
+
+    cfg = compose_config("train", *common, *fsdp, "trainer.max_steps=4")
     assert cfg.trainer.strategy._target_ == "lightning.pytorch.strategies.FSDPStrategy"
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
     assert cfg.captioner.arch and cfg.generator.arch and not cfg.captioner.get("pretrained")
     assert "caption_validation" not in cfg.callbacks and "validation_samples" not in cfg.callbacks
-    for part in ("tiny", "syncs", "real", "fp16", "fsdp"):
-        assert f"has {part}" in text
+    cfg = compose_config("train", *common, *fp16)
+    assert cfg.trainer.precision == "16-mixed" and cfg.trainer.accelerator == "gpu" and cfg.trainer.max_steps == 6
+    parts = re.search(r'PARTS=\$\{PARTS:-"(.*?)"\}', text).group(1).split()
+    assert sorted(parts) == ["fp16", "fsdp", "real", "syncs", "tiny"]
+    for part in parts:
+        assert f"    {part})" in text

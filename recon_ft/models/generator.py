@@ -291,7 +291,8 @@ class _TextTransformer(nn.Module):
         from transformers.masking_utils import create_causal_mask
 
         hidden = self.embeddings(inputs_embeds=token_embeds)  # adds position embeddings
-        mask = create_causal_mask(config=self._config, inputs_embeds=hidden, attention_mask=None, cache=None)
+        # Positional: the cache argument is `past_key_values` before transformers 5.2x and `cache` after.
+        mask = create_causal_mask(self._config, hidden, None, None)  # (config, embeds, attention mask, cache)
         hidden = self.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
         return self.final_layer_norm(hidden)
 

@@ -165,7 +165,8 @@ class _PenultimateText(nn.Module):
         from transformers.masking_utils import create_causal_mask
 
         hidden = self.embeddings(inputs_embeds=token_embeds)
-        mask = create_causal_mask(config=self._config, inputs_embeds=hidden, attention_mask=None, cache=None)
+        # Positional: the cache argument is `past_key_values` before transformers 5.2x and `cache` after.
+        mask = create_causal_mask(self._config, hidden, None, None)  # (config, embeds, attention mask, cache)
         for layer in self.layers[:-1]:
             hidden = layer(hidden, mask, is_causal=True)
         penultimate = hidden
