@@ -77,7 +77,7 @@ real_run() {  # real_run NAME SECONDS [overrides...]
     timeout "$secs" python3 train.py captioner=blip_base_arch generator=sd15_arch trainer.devices=1 \
         validate_base=false trainer.limit_val_batches=0 data.batch_size=4 data.num_workers=0 data.train.size=64 \
         '~callbacks.caption_validation' '~callbacks.validation_samples' '~callbacks.best_checkpoint' \
-        callbacks.model_checkpoint.every_n_train_steps=2 "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -i warn | tail -12
+        callbacks.model_checkpoint.every_n_train_steps=2 trainer.log_every_n_steps=1 "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -i warn | tail -12
     local status=${PIPESTATUS[0]}
     failed "$name" "$status"
 }

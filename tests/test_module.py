@@ -59,6 +59,21 @@ def test_param_groups_and_per_model_clipping():
     assert all(torch.equal(p.grad, torch.full_like(p, 10.0)) for p in groups["captioner"]["params"])
 
 
+def test_a_checkpoint_restores_the_counters_with_or_without_its_weights():
+    """Under FSDP the strategy loads the weights itself and pops "state_dict" before the module's
+    hook; elsewhere the hook sees the weights and refuses a checkpoint that lacks adapters."""
+    module = ReconModule(*tiny_pair())
+    weights = {name: p.detach().clone() for name, p in module.trainable_named_parameters().items()}
+    counters = {"bad_items": [3, 1], "nonfinite_steps": 2, "scaler_skipped_steps": 5}
+    module.on_load_checkpoint({"counters": counters})  # FSDP's checkpoint, weights already loaded
+    assert (module._bad_items, module._nonfinite_total, module._scaler_skipped_steps) == ({1, 3}, 2, 5)
+    module.on_load_checkpoint({"state_dict": weights, "counters": {}})
+    assert module._nonfinite_total == 0
+    dropped = dict(list(weights.items())[1:])
+    with pytest.raises(ValueError, match="lacks 1 trainable parameters"):
+        module.on_load_checkpoint({"state_dict": dropped, "counters": {}})
+
+
 @pytest.mark.parametrize("base_dropout", [True, False])
 def test_training_modes_are_the_same_for_random_init_and_published_models(tmp_path, base_dropout):
     """from_pretrained gives eval mode, a config build train mode: at fit start both get the same

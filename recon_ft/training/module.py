@@ -328,7 +328,10 @@ class ReconModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = set(self.trainable_named_parameters()) - set(checkpoint["state_dict"])
+        # FSDP's strategy loads the weights into the sharded model itself and pops "state_dict"
+        # before this hook; every other strategy hands it here to be loaded after.
+        loaded_here = checkpoint.get("state_dict")
+        missing = set(self.trainable_named_parameters()) - set(loaded_here) if loaded_here is not None else set()
         if missing:
             raise ValueError(
                 f"checkpoint lacks {len(missing)} trainable parameters (e.g. {sorted(missing)[0]}): "

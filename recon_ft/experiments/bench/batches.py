@@ -25,7 +25,7 @@ def fake_batches(captioner, generator, batch_size: int, n: int = 4, seed: int = 
         images = torch.rand(batch_size, 3, generator.image_size, generator.image_size, generator=g) * 2 - 1
         captions = [CAPTIONS[(i * batch_size + j) % len(CAPTIONS)] for j in range(batch_size)]
         with torch.no_grad():
-            image_cap = captioner.preprocess(images)
+            image_cap = captioner.preprocess(images.to(captioner.mean.device)).cpu()  # the loop moves batches
         out.append(
             {
                 "image_gen": images,
@@ -47,7 +47,7 @@ def with_unpaired(batches: list[dict], captioner, generator, seed: int = 1) -> l
         b = len(batch["caption"])
         images = torch.rand(b, 3, generator.image_size, generator.image_size, generator=g) * 2 - 1
         with torch.no_grad():
-            image_cap = captioner.preprocess(images)
+            image_cap = captioner.preprocess(images.to(captioner.mean.device)).cpu()  # the loop moves batches
         texts = [CAPTIONS[(i * b + j + 3) % len(CAPTIONS)] for j in range(b)]
         out.append({**batch, "unpaired_images": {"image_cap": image_cap, "image_gen": images,
                                                   "id": [f"u{seed}-{i}-{j}" for j in range(b)]},
