@@ -146,6 +146,34 @@ def test_image_cycle_soft_caption_and_loss_by_hand(pair, bridge, monkeypatch):
     torch.testing.assert_close(out["loss"], 2 * expected, rtol=1e-5, atol=1e-7)
 
 
+def test_image_cycle_mismatch_control_denoises_the_next_items_image(pair, bridge, monkeypatch):
+    """loss.i2t2i_mismatch: soft caption b conditions the denoising of item b-1's noised latents
+    (same t, noise and weight as that item), so the term says nothing about caption b's own image."""
+    captioner, generator = pair
+    pt = generator.prediction_type
+    batch = make_batch(captioner, generator)
+    vocab = captioner.model.config.text_config.vocab_size
+    monkeypatch.setattr(captioner, "logits", lambda pixels, tokens, critic=False: one_hot_logits(tokens, vocab))
+    cfg = LossConfig(w_cap=0.0, w_gen=1.0, lambda_img=1.0, lambda_txt=0.0, min_snr_gamma=GAMMA, i2t2i_mismatch=True)
+    out = compute_losses(captioner, generator, bridge, batch, cfg, rng=torch.Generator().manual_seed(SEED))
+
+    ids = clip_ids(generator, CAPTIONS)
+    z0, t, noise, a = draws_by_hand(generator, batch["image_gen"])
+    zt = a.view(-1, 1, 1, 1).sqrt() * z0 + (1 - a.view(-1, 1, 1, 1)).sqrt() * noise
+    w = min_snr_by_hand(a, pt)
+    target = target_by_hand(z0, noise, a, pt)
+    with torch.no_grad():
+        cond = generator.text_encoder(input_ids=ids).last_hidden_state
+        own = weighted_mse_by_hand(generator.unet(zt, t, encoder_hidden_states=cond).sample, target, w)
+        roll = lambda x: x.roll(1, dims=0)  # noqa: E731
+        pred = generator.unet(roll(zt), roll(t), encoder_hidden_states=cond).sample
+    expected = weighted_mse_by_hand(pred, roll(target), roll(w))
+    torch.testing.assert_close(out["loss_i2t2i"], expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["loss_gen"], own, rtol=1e-5, atol=1e-7)  # L_gen keeps its pairs
+    # the control differs from the cycle it replaces, by 20 times the tolerance above
+    assert not torch.allclose(out["loss_i2t2i"], own, rtol=2e-4, atol=0)
+
+
 def smoothed_ce_by_hand(logits, input_ids, attention_mask, prompt_length, eps):
     """Mean over caption tokens (after the prompt, [SEP] included, padding excluded) of
     (1 - eps) * (-log p_y) + eps * mean_k(-log p_k), position i predicting token i + 1."""

@@ -12,7 +12,10 @@ from recon_ft.data import (
     captions,
     colour_match,
     object_colours,
+    drop_attributes,
     parse_caption,
+    parse_partial,
+    score_attributes,
     score_caption,
 )
 from recon_ft.data.synthetic import BACKGROUND, COLOURS, KINDS, SIZES, generate
@@ -83,7 +86,8 @@ def test_score_caption_per_attribute():
     scene = Scene((Shape("circle", "red", "small"), Shape("square", "blue", "large")))
     wrong_colour = score_caption("a small red circle left of a large green square", scene)
     assert wrong_colour == dict(parsed=1.0, exact=0.0, count=1.0, kind=1.0, colour=0.5, size=1.0,
-                                attributes=pytest.approx(2.5 / 3))
+                                attributes=pytest.approx(2.5 / 3), recall=pytest.approx(5 / 6),
+                                precision=pytest.approx(5 / 6))
     one_object = score_caption("a small red circle", scene)
     assert one_object["count"] == 0.0 and one_object["kind"] == 0.5 and one_object["attributes"] == 0.5
     swapped = score_caption("a large blue square left of a small red circle", scene)
@@ -91,6 +95,51 @@ def test_score_caption_per_attribute():
     assert score_caption("a large blue square right of a small red circle", scene)["exact"] == 1.0
     garbage = score_caption("two dogs on a beach", scene)
     assert garbage["parsed"] == 0.0 and garbage["attributes"] == 0.0 and garbage["exact"] == 0.0
+
+
+def test_attribute_recall_and_precision_of_incomplete_captions():
+    scene = Scene((Shape("circle", "red", "small"), Shape("square", "blue", "large")))  # 6 attributes
+    assert parse_partial("a red circle left of a square") == [{"colour": "red", "kind": "circle"}, {"kind": "square"}]
+    assert parse_partial("a large square right of a circle") == [{"kind": "circle"}, {"size": "large", "kind": "square"}]
+    assert parse_partial("a red") is None and parse_partial("a circle left of a square right of a star") is None
+    # complete and right: every attribute stated and right
+    assert score_attributes("a small red circle left of a large blue square", scene) == dict(recall=1.0, precision=1.0)
+    # terse but right: 3 of the scene's 6 attributes stated (red, circle, square), all right
+    assert score_attributes("a red circle left of a square", scene) == dict(recall=0.5, precision=1.0)
+    # wrong colour and an extra object: right = small, circle, large, square: 4 of the 7 stated
+    wrong = score_attributes("a small green circle left of a large square left of a small star", scene)
+    assert wrong == dict(recall=pytest.approx(4 / 6), precision=pytest.approx(4 / 7))
+    assert score_attributes("two dogs", scene) == dict(recall=0.0, precision=0.0)
+    # score_caption carries them; an incomplete caption does not parse as a complete one
+    terse = score_caption("a red circle left of a square", scene)
+    assert terse["parsed"] == 0.0 and terse["exact"] == 0.0 and terse["recall"] == 0.5 and terse["precision"] == 1.0
+
+
+def test_references_that_leave_out_attributes():
+    rng = np.random.default_rng(0)
+    caption = "a small red circle left of a large blue square"
+    assert drop_attributes(caption, 0.0, rng) == caption
+    assert drop_attributes(caption, 1.0, rng) == "a circle left of a square"
+    dropped = [drop_attributes("a small red circle", 0.5, np.random.default_rng(i)) for i in range(2000)]
+    assert set(dropped) == {"a small red circle", "a red circle", "a small circle", "a circle"}
+    share = np.mean([len(d.split()) - 2 for d in dropped]) / 2  # share of size/colour words kept
+    assert abs(share - 0.5) < 0.035  # 3 standard errors of 4,000 draws
+
+    full = SyntheticCaptions("train", 50, seed=3, image_size=8)
+    terse = SyntheticCaptions("train", 50, seed=3, image_size=8, drop_attributes=0.5)
+    words = {"kept": 0, "all": 0}
+    for i in range(50):
+        a, b = full[i], terse[i]
+        assert np.array_equal(_pixels(a), _pixels(b))  # same scene and image: only the words differ
+        assert terse[i]["references"] == b["references"]  # fixed per item
+        scene = full.scene(i)
+        for ref in b["references"]:
+            assert score_attributes(ref, scene)["precision"] == 1.0  # what it states is true
+        words["kept"] += len(b["caption"].split()) - len(a["caption"].split()) + 2 * len(scene)
+        words["all"] += 2 * len(scene)
+    assert 0.35 < words["kept"] / words["all"] < 0.65
+    with pytest.raises(ValueError, match="drop_attributes"):
+        SyntheticCaptions("train", 5, drop_attributes=1.5)
 
 
 def test_heldout_compositions_only_in_test():

@@ -50,7 +50,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUND: tuple[int, int, int] = (230, 230, 230)
 MAX_OBJECTS = 3
 SPLIT_IDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
-READINGS = ("all", "left_of")  # the training caption: any grammar reading, or the left-to-right one
+READINGS = ("all", "left_of")
+DROP_STREAM = 7  # the random stream of drop_attributes, beside an item's scene stream  # the training caption: any grammar reading, or the left-to-right one
 
 # (colour, kind) compositions never seen in train/val: one per kind, four different colours,
 # so each kind and colour keeps 5 and 3-4 other partners in training.
@@ -126,6 +127,11 @@ _NP = re.compile(
     rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(KINDS)})"
 )
 _REL = re.compile(r" (left|right) of ")
+# An incomplete noun phrase: size and colour may be left out ("a red circle", "a large star", "a star").
+_NP_PARTIAL = re.compile(
+    rf"a (?:({'|'.join(SIZES)}) )?(?:({'|'.join(COLOURS)}) )?({'|'.join(KINDS)})"
+)
+DROPPABLE: tuple[str, ...] = ("size", "colour")  # what an incomplete reference may leave out; kind never
 
 
 def _normalize(text: str) -> str:
@@ -155,17 +161,67 @@ def parse_caption(text: str) -> Scene | None:
     return Scene(tuple(shapes))
 
 
+def parse_partial(text: str) -> list[dict[str, str]] | None:
+    """A grammar sentence whose noun phrases may leave out size and colour -> its objects left to
+    right, each {"kind": ..., and "size" / "colour" where stated}; None if it is not such a sentence."""
+    parts = _REL.split(_normalize(text))
+    nps, rels = parts[0::2], parts[1::2]
+    objects = []
+    for np_text in nps:
+        m = _NP_PARTIAL.fullmatch(np_text)
+        if m is None:
+            return None
+        stated = {"size": m.group(1), "colour": m.group(2), "kind": m.group(3)}
+        objects.append({k: v for k, v in stated.items() if v is not None})
+    if len(set(rels)) > 1:
+        return None
+    if rels and rels[0] == "right":
+        objects.reverse()
+    return objects
+
+
+def score_attributes(text: str, scene: Scene) -> dict[str, float]:
+    """Attribute recall and precision of a caption that may leave attributes out.
+
+    The caption's objects are matched to the scene's by left-to-right position, as in
+    `score_caption`. An attribute it states is right when the scene's object at that position has
+    it. recall: right statements over the scene's attributes (3 per object); precision: right
+    statements over all the caption states (objects beyond the scene's count are all wrong).
+    A caption that is not a (possibly incomplete) grammar sentence states nothing checkable and
+    scores 0 on both.
+    """
+    pred = parse_partial(text)
+    if pred is None:
+        return dict(recall=0.0, precision=0.0)
+    right = sum(getattr(truth, attr) == value
+                for truth, stated in zip(scene.objects, pred) for attr, value in stated.items())
+    stated = sum(len(o) for o in pred)
+    return dict(recall=right / (3 * len(scene.objects)), precision=right / stated)
+
+
+def drop_attributes(caption: str, p: float, rng: np.random.Generator) -> str:
+    """`caption` with each size and colour word left out with probability p, independently (as
+    human references omit details): "a small red circle" -> "a red circle" or "a circle"."""
+    def drop(m: re.Match) -> str:
+        words = [w for w, attr in zip(m.groups(), ("size", "colour", "kind")) if attr == "kind" or rng.random() >= p]
+        return "a " + " ".join(words)
+
+    return _NP.sub(drop, caption)
+
+
 def score_caption(text: str, scene: Scene) -> dict[str, float]:
     """Exact scores of a caption against the true scene (all in [0, 1]).
 
     parsed: the caption is a grammar sentence; exact: it parses to exactly `scene`;
     count: same number of objects; kind / colour / size: share of the scene's objects whose
-    attribute is right at the same left-to-right position; attributes: mean of those three.
+    attribute is right at the same left-to-right position; attributes: mean of those three;
+    recall / precision: `score_attributes`, which also scores captions that leave attributes out.
     """
     pred = parse_caption(text)
     n = len(scene.objects)
+    partial = score_attributes(text, scene)
     if pred is None:
-        return dict(parsed=0.0, exact=0.0, count=0.0, kind=0.0, colour=0.0, size=0.0, attributes=0.0)
+        return dict(parsed=0.0, exact=0.0, count=0.0, kind=0.0, colour=0.0, size=0.0, attributes=0.0, **partial)
     hits = {"kind": 0, "colour": 0, "size": 0}
     for truth, guess in zip(scene.objects, pred.objects):
         for attr in hits:
@@ -177,6 +233,7 @@ def score_caption(text: str, scene: Scene) -> dict[str, float]:
         count=float(len(pred.objects) == n),
         **scores,
         attributes=sum(scores.values()) / 3,
+        **partial,
     )
 
 
@@ -311,10 +368,14 @@ class SyntheticCaptions(Dataset):
     "caption": one reference chosen from (seed, i, epoch), or with readings="left_of" always the
     left-to-right one (the zoo's models were pretrained on it), "references": all readings}.
     Keys may be an int (epoch 0) or a SampleKey(index, epoch).
+
+    drop_attributes = p leaves each size and colour word out of every reference with probability p
+    (fixed per item): references that omit details, as COCO's do, for training. Scores are always
+    against the complete scene.
     """
 
     def __init__(self, split: str = "train", size: int = 1000, seed: int = 0, image_size: int = 64,
-                 readings: str = "all"):
+                 readings: str = "all", drop_attributes: float = 0.0):
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_IDS)}")
         if size < 0 or image_size < 8:
@@ -323,6 +384,9 @@ class SyntheticCaptions(Dataset):
             raise ValueError(f"readings: expected one of {READINGS}, got {readings!r}")
         self.split, self.size, self.seed, self.image_size = split, size, seed, image_size
         self.readings = readings
+        if not 0.0 <= drop_attributes <= 1.0:
+            raise ValueError(f"drop_attributes: expected a probability in [0, 1], got {drop_attributes}")
+        self.drop_attributes = float(drop_attributes)
         self.bad_at_index: list[tuple[str, str]] = []  # generated data has none
 
     def __len__(self) -> int:
@@ -349,6 +413,11 @@ class SyntheticCaptions(Dataset):
         index, epoch = unpack_key(key)
         scene, pixels = generate(self.seed, self.split, self._check(index), self.image_size)
         references = captions(scene)
+        if self.drop_attributes:
+            # Which words a reference omits is fixed per item (its own stream, not the scene's), the
+            # same every epoch, as a dataset's references are.
+            rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, DROP_STREAM])
+            references = [drop_attributes(r, self.drop_attributes, rng) for r in references]
         return {
             "id": f"{self.split}-{index}",
             "image": Image.fromarray(pixels),

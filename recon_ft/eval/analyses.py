@@ -26,7 +26,7 @@ from recon_ft.eval.generation import load_png
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("first", "best", "random")
-SYNTHETIC_CAPTION_SCORES = ("parsed", "exact", "count", "kind", "colour", "size", "attributes")
+SYNTHETIC_CAPTION_SCORES = ("parsed", "exact", "count", "kind", "colour", "size", "attributes", "recall", "precision")
 GEN_ORACLE_SCORES = ("count", "colour", "exact", "kind", "size", "scene_exact")
 
 

@@ -40,6 +40,9 @@ class LossConfig:
     t_max: int | None = None  # text cycle only on rows whose timestep is below t_max
     cycle_grads: str = "own"  # own: each cycle updates only the model it regularizes | both
     bridge_fallback: str = "pieces"  # unmatched captioner tokens: pieces | unk | drop
+    # A control, not a method: the image cycle scores each soft caption by how well it denoises the
+    # next item's image (the batch rolled by one), so it carries nothing about its own image.
+    i2t2i_mismatch: bool = False
     # Unpaired data (data.unpaired.images / texts; recon_ft/method/unpaired.py)
     lambda_img_unpaired: float = 0.0  # image cycle on images without captions: trains the captioner
     lambda_txt_unpaired: float = 0.0  # text cycle on captions without images: trains the generator
@@ -149,8 +152,11 @@ def compute_losses(
             out["loss_gen"] = L.generation_loss(pred, target, snr_w)
 
     if w["i2t2i"]:
+        noised = (zt, t, target, snr_w)
+        if cfg.i2t2i_mismatch:
+            noised = tuple(x.roll(1, dims=0) if x is not None else None for x in noised)  # row b: item b-1
         out["loss_i2t2i"], probs, caption_mask = soft_caption_denoising(
-            captioner, generator, bridge, logits, tokens, zt, t, target, snr_w, cfg, rng, critic
+            captioner, generator, bridge, logits, tokens, *noised, cfg, rng, critic
         )
         out["bridge_mass"] = bridge.mass_coverage(probs.detach(), caption_mask)
 
