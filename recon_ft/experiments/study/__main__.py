@@ -2,12 +2,16 @@
 
 Plans every (configuration, seed) run of the study config, runs what is not done yet (train.py then
 eval.py per split, as subprocesses; an interrupted study continues where it stopped), validates the
-pixel oracle, and writes the report (docs/study.md and docs/study/).
+pixel oracle, and writes the report (the config's `docs` page and its data folder). With a `primary`
+block it adds the pre-registered comparisons from per-item results (items.py). --report-only
+renders the report again, from the runs if they are here, else from the committed data, with the
+command, commit and machine it was first written with.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -18,8 +22,9 @@ from omegaconf import OmegaConf
 from recon_ft.constants import CONF_DIR, PROJECT_ROOT
 from recon_ft.data.oracle import validate_oracle
 from recon_ft.experiments.study.aggregate import collect, collect_wall, differences, summarize
+from recon_ft.experiments.study.items import collect_items, preregistered, primary_spec, read_items
 from recon_ft.experiments.study.plan import load_study, plan
-from recon_ft.experiments.study.report import write_report
+from recon_ft.experiments.study.report import read_csv, write_report
 from recon_ft.experiments.runner import record_runs, run_all, threads_per_job
 
 log = logging.getLogger("recon_ft.experiments.study")
@@ -75,13 +80,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only and any(c.todo for c in chains):
         record_runs(Path(cfg.out_dir), command.strip())
     failures = [] if args.report_only else run_all(chains, args.jobs, threads, PROJECT_ROOT)
-    rows = collect(cfg)
+    spec = primary_spec(cfg)
+    data = Path(cfg.docs).parent / Path(cfg.docs).stem
+    committed = json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else None
+    rows, wall, meta = collect(cfg), collect_wall(cfg), None
+    items = collect_items(cfg, spec) if spec else None
+    if args.report_only and committed is not None:
+        # The report describes the runs, not the moment it is rendered: it keeps the command, commit,
+        # date and machine it was first written with, so that a rerun reproduces it byte for byte.
+        command, meta = committed["command"], committed["meta"]
+        if not rows:  # no runs here (a fresh clone): the committed data
+            log.info("no runs under %s: reporting from the committed data in %s", cfg.out_dir, data)
+            rows, wall = read_csv(data / "results.csv"), committed["wall_seconds"]
+            items = read_items(data / "items.csv") if spec else None
     if not rows:
         log.error("no finished evaluation under %s: nothing to report", cfg.out_dir)
         return 1
+    pre = preregistered(items, spec, str(cfg.baseline)) if spec else None
     write_report(cfg=cfg, command=command.strip(), rows=rows, summary=summarize(rows),
-                 diffs=differences(rows, str(cfg.baseline)), wall=collect_wall(cfg),
-                 oracle=oracle_validation(cfg), docs=Path(cfg.docs))
+                 diffs=differences(rows, str(cfg.baseline)), wall=wall, oracle=oracle_validation(cfg),
+                 docs=Path(cfg.docs), meta=meta, items=items, spec=spec, preregistered=pre)
     log.info("report: %s", cfg.docs)
     if failures:
         log.error("%d chains failed (run the same command again to retry them)", len(failures))

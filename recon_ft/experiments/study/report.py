@@ -10,6 +10,8 @@ from pathlib import Path
 
 from recon_ft.experiments.machine import machine
 from recon_ft.experiments.study.aggregate import ALPHA, METHOD, sign_count
+from recon_ft.experiments.study.items import ALPHA as FAMILY_ALPHA
+from recon_ft.experiments.study.items import item_metrics, write_items
 from recon_ft.experiments.study.plan import BASE
 
 # A generated-image metric is reported only if the oracle reads its attribute from rendered images.
@@ -47,6 +49,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
         for r in rows:
             writer.writerow({**r, "seed": "" if r["seed"] is None else r["seed"],
                              "value": "" if r["value"] is None else repr(r["value"])})
+
+
+def read_csv(path: Path) -> list[dict]:
+    """results.csv back into collect()'s rows (write_csv's repr keeps every float exact)."""
+    with open(path, newline="") as f:
+        return [{"config": r["config"], "seed": int(r["seed"]) if r["seed"] else None, "split": r["split"],
+                 "metric": r["metric"], "value": float(r["value"]) if r["value"] else None}
+                for r in csv.DictReader(f)]
 
 
 def plot(summary: list[dict], configs: list[str], splits: list[str], metrics: list[str], path: Path) -> None:
@@ -115,8 +125,48 @@ def answer(diffs: list[dict], splits: list[str], metrics: list[str], baseline: s
     return lines
 
 
+def _interval(c: dict) -> str:
+    return "-" if c["ci"] is None else f"{_signed(c['ci'][0])} to {_signed(c['ci'][1])}"
+
+
+def preregistered_section(pre: dict, spec: dict, summary: list[dict]) -> list[str]:
+    """The plan's comparisons: effect, 95% bootstrap interval, permutation p (Holm for the primary)."""
+    index = {(r["config"], r["split"], r["metric"]): r for r in summary}
+    metric, split, baseline = pre["metric"], pre["split"], pre["baseline"]
+    key = f"synthetic/caption_{metric}"
+
+    def level(arm: str) -> str:
+        r = index.get((arm, split, key))
+        return "-" if r is None or r["mean"] is None else _f(r["mean"])
+
+    out = ["## Pre-registered comparisons", "",
+           f"Primary metric: `{metric}` on {split} ([plan](plan.md)); each arm against {baseline}, seed by seed "
+           f"on the same items. Effect: mean difference; 95% interval: bootstrap over seeds, then items "
+           f"(10,000 resamples); p: sign-flip permutation over seeds x items (10,000), Holm-adjusted over "
+           f"the {len(pre['primary'])} primary comparisons. Per-item data: items.csv beside this report.", "",
+           f"| arm | {metric} | effect vs {baseline} | 95% interval | p | p (Holm) | per-seed effects |",
+           "|---|---:|---:|---|---:|---:|---|"]
+    out.append(f"| {baseline} | {level(baseline)} | | | | | |")
+    for c in pre["primary"]:
+        flag = " **" if c.get("rejected") else ""
+        out.append(f"| {c['arm']} | {level(c['arm'])} | {_signed(c['effect'])}{flag} | {_interval(c)} | {_p(c['p'])} | "
+                   f"{_p(c.get('p_holm'))} | {', '.join(_signed(x) for x in c['seed_effects'])} |")
+    for c in pre["controls"]:
+        out.append(f"| {c['arm']} (control) | {level(c['arm'])} | {_signed(c['effect'])} | {_interval(c)} | "
+                   f"{_p(c['p'])} | | {', '.join(_signed(x) for x in c['seed_effects'])} |")
+    out += ["", f"`**`: rejected at family-wise {FAMILY_ALPHA:g} (Holm). Controls are not part of the family.", ""]
+    if pre["secondary"]:
+        out += ["Secondary metrics (not corrected):", "",
+                "| arm | metric | effect | 95% interval | p |", "|---|---|---:|---|---:|"]
+        out += [f"| {c['arm']} | `{c['metric']}` | {_signed(c['effect'])} | {_interval(c)} | {_p(c['p'])} |"
+                for c in pre["secondary"]]
+        out.append("")
+    return out
+
+
 def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall: dict, oracle: list[dict],
-             metrics: list[str], left_out: list[str], meta: dict, figure: str, data_dir: str) -> str:
+             metrics: list[str], left_out: list[str], meta: dict, figure: str, data_dir: str,
+             preregistered: dict | None = None, spec: dict | None = None) -> str:
     configs = list(cfg.configs)
     splits = list(cfg.eval.splits)
     baseline = str(cfg.baseline)
@@ -131,7 +181,9 @@ def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall:
            + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
            f"Seeds: {', '.join(str(s) for s in cfg.seeds)}. Data: [{data_dir}/results.csv]({data_dir}/results.csv) "
            f"(one row per config, seed, split, metric), [{data_dir}/summary.json]({data_dir}/summary.json).", "",
-           "## Answer", "", *answer(diffs, splits, metrics, baseline), "",
+           *(preregistered_section(preregistered, spec, summary) if preregistered else []),
+           "## Every headline metric, seed by seed (exploratory)" if preregistered else "## Answer", "",
+           *answer(diffs, splits, metrics, baseline), "",
            "## What it shows", ""]
     for split in splits:
         out += [f"- {shows(m, split, diffs, baseline)}" for m in metrics]
@@ -198,8 +250,10 @@ def oracle_gate(oracle: list[dict], image_size: int) -> dict | None:
 
 
 def write_report(*, cfg, command: str, rows, summary, diffs, wall, oracle: list[dict], docs: Path,
-                 meta: dict | None = None) -> dict:
-    """docs (the markdown) and, beside it in <stem>/, results.csv, summary.json and headline.png."""
+                 meta: dict | None = None, items: list[dict] | None = None, spec: dict | None = None,
+                 preregistered: dict | None = None) -> dict:
+    """docs (the markdown) and, beside it in <stem>/, results.csv, summary.json and headline.png
+    (and with a pre-registered primary block, items.csv)."""
     meta = meta or machine()
     runs = Path(cfg.out_dir) / "runs.json"
     if "runs" not in meta and runs.is_file():
@@ -209,14 +263,16 @@ def write_report(*, cfg, command: str, rows, summary, diffs, wall, oracle: list[
     gate = oracle_gate(oracle, int(cfg.oracle.image_size))
     metrics, left_out = headline_metrics(list(cfg.headline), gate)
     write_csv(rows, data / "results.csv")
+    if items is not None and spec is not None:
+        write_items(items, item_metrics(spec), data / "items.csv")
     configs = [BASE, *cfg.configs]
     plot(summary, configs, list(cfg.eval.splits), metrics, data / "headline.png")
     payload = {"command": command, "method": METHOD.format(baseline=cfg.baseline), "meta": meta,
                "headline": metrics, "left_out": left_out, "summary": summary, "differences": diffs,
-               "wall_seconds": wall, "oracle": oracle}
+               "wall_seconds": wall, "oracle": oracle, "preregistered": preregistered}
     (data / "summary.json").write_text(json.dumps(payload, indent=1))
     text = markdown(cfg=cfg, command=command, summary=summary, diffs=diffs, wall=wall, oracle=oracle,
                     metrics=metrics, left_out=left_out, meta=meta, figure=f"{data.name}/headline.png",
-                    data_dir=data.name)
+                    data_dir=data.name, preregistered=preregistered, spec=spec)
     docs.write_text(text)
     return payload

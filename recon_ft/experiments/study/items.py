@@ -1,0 +1,174 @@
+"""Per-item results and the pre-registered inference of docs/study/plan.md.
+
+A study config's `primary` block names the split, the primary metric (a key of each evaluated item's
+`synthetic` scores in samples.jsonl, e.g. recall), the comparisons against the baseline that are
+primary (corrected together with Holm's method), the secondary metrics and the controls:
+
+    primary: {split: val, metric: recall, comparisons: [img_1, ranked], secondary: [precision],
+              controls: [mismatch]}
+
+items.csv holds, per configuration, seed and evaluated item, those metrics: enough to recompute
+every interval and p-value without the runs' folders (a few hundred kB per experiment).
+
+Inference for arm A against baseline B on metric m: d[s, i] = m(A, s, i) - m(B, s, i) over the seeds
+s both have and the items i both scored (same items at every seed: eval's items are fixed).
+  - effect: the mean of d;
+  - 95% interval: percentile bootstrap that resamples seeds, then items within each resampled seed
+    (10,000 resamples), so that both the training noise and the item sample widen it;
+  - p: the sign-flip permutation test, each d[s, i] flipped independently (10,000 draws, two-sided,
+    (1 + hits) / (1 + draws)). It treats items as the unit: the seeds' spread enters the interval,
+    not the p-value, which is why both are reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from recon_ft.experiments.study.plan import run_dir
+
+N_RESAMPLES = 10_000
+LEVEL = 0.95
+ALPHA = 0.05
+
+
+def primary_spec(cfg) -> dict | None:
+    """The study config's primary block, checked (None: the study has none)."""
+    spec = cfg.get("primary")
+    if spec is None:
+        return None
+    for key in ("split", "metric", "comparisons"):
+        if key not in spec:
+            raise ValueError(f"study config primary: missing key {key!r}")
+    names = [*spec.comparisons, *(spec.get("controls") or [])]
+    unknown = [n for n in names if n not in cfg.configs]
+    if unknown:
+        raise ValueError(f"study config primary: {unknown} are not configs of the study ({list(cfg.configs)})")
+    if spec.split not in cfg.eval.splits:
+        raise ValueError(f"study config primary.split: {spec.split!r} is not evaluated (eval.splits {list(cfg.eval.splits)})")
+    return {"split": str(spec.split), "metric": str(spec.metric), "comparisons": [str(c) for c in spec.comparisons],
+            "secondary": [str(m) for m in spec.get("secondary") or []],
+            "controls": [str(c) for c in spec.get("controls") or []]}
+
+
+def item_metrics(spec: dict) -> list[str]:
+    return [spec["metric"], *spec["secondary"]]
+
+
+def collect_items(cfg, spec: dict) -> list[dict]:
+    """{config, seed, index, <metric>...} of every evaluated item of the primary split, from the
+    runs' samples.jsonl; sorted by config (the study's order), seed and item."""
+    out, rows = Path(cfg.out_dir), []
+    metrics = item_metrics(spec)
+    for config in cfg.configs:
+        for seed in cfg.seeds:
+            path = run_dir(out, config, int(seed)) / f"eval_{spec['split']}" / "samples.jsonl"
+            if not path.is_file():
+                continue
+            for line in path.read_text(encoding="utf-8").splitlines():
+                sample = json.loads(line)
+                scores = sample.get("synthetic")
+                if scores is None:
+                    raise ValueError(f"{path}: item {sample.get('index')} has no synthetic scores "
+                                     f"(the primary metric {spec['metric']!r} needs the synthetic benchmark)")
+                rows.append({"config": str(config), "seed": int(seed), "index": int(sample["index"]),
+                             **{m: float(scores[m]) for m in metrics}})
+    return rows
+
+
+def write_items(rows: list[dict], metrics: list[str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["config", "seed", "index", *metrics])
+        for r in rows:
+            writer.writerow([r["config"], r["seed"], r["index"], *(repr(r[m]) for m in metrics)])
+
+
+def read_items(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{"config": r["config"], "seed": int(r["seed"]), "index": int(r["index"]),
+                 **{k: float(v) for k, v in r.items() if k not in ("config", "seed", "index")}}
+                for r in csv.DictReader(f)]
+
+
+def paired_matrix(items: list[dict], arm: str, baseline: str, metric: str) -> tuple[np.ndarray, list[int]]:
+    """d (S, N): arm minus baseline per seed and item, over the seeds and items both have."""
+    table: dict[tuple[str, int], dict[int, float]] = {}
+    for r in items:
+        table.setdefault((r["config"], r["seed"]), {})[r["index"]] = r[metric]
+    seeds = sorted(s for (c, s) in table if c == arm and (baseline, s) in table)
+    if not seeds:
+        return np.zeros((0, 0)), []
+    shared = set.intersection(*(set(table[(arm, s)]) & set(table[(baseline, s)]) for s in seeds))
+    index = sorted(shared)
+    d = np.array([[table[(arm, s)][i] - table[(baseline, s)][i] for i in index] for s in seeds])
+    return d, seeds
+
+
+def bootstrap_interval(d: np.ndarray, rng: np.random.Generator, n: int = N_RESAMPLES) -> tuple[float, float]:
+    """Percentile interval of mean(d) resampling seeds, then items within each resampled seed."""
+    s, m = d.shape
+    means = []
+    for start in range(0, n, 1000):  # in chunks: 1000 x S x N indices at a time
+        k = min(1000, n - start)
+        seeds = rng.integers(0, s, size=(k, s))  # (k, S)
+        items = rng.integers(0, m, size=(k, s, m))  # (k, S, N)
+        means.append(d[seeds[..., None], items].mean(axis=(1, 2)))  # (k,)
+    means = np.concatenate(means)
+    tail = (1 - LEVEL) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def sign_flip_p(d: np.ndarray, rng: np.random.Generator, n: int = N_RESAMPLES) -> float:
+    """Two-sided p of mean(d) = 0, flipping the sign of each difference independently."""
+    flat = d.ravel()
+    observed = abs(flat.mean())
+    hits = 0
+    for start in range(0, n, 1000):  # in chunks: 1000 x S*N signs at a time
+        k = min(1000, n - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(k, flat.size))
+        hits += int((np.abs(signs @ flat / flat.size) >= observed - 1e-12).sum())
+    return (1 + hits) / (1 + n)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input's order."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def compare(items: list[dict], arm: str, baseline: str, metric: str, seed: int = 0) -> dict:
+    """The pre-registered comparison of `arm` with `baseline` on `metric` (see the module text)."""
+    d, seeds = paired_matrix(items, arm, baseline, metric)
+    if d.size == 0:
+        return {"arm": arm, "metric": metric, "seeds": [], "items": 0, "effect": None, "ci": None, "p": None,
+                "seed_effects": []}
+    rng = np.random.default_rng(seed)
+    return {"arm": arm, "metric": metric, "seeds": seeds, "items": int(d.shape[1]), "effect": float(d.mean()),
+            "ci": bootstrap_interval(d, rng), "p": sign_flip_p(d, rng),
+            "seed_effects": [float(x) for x in d.mean(axis=1)],
+            "share_differing": float((d != 0).mean())}
+
+
+def preregistered(items: list[dict], spec: dict, baseline: str) -> dict:
+    """Primary comparisons (Holm-adjusted together), the secondary metrics and the controls."""
+    primary = [compare(items, arm, baseline, spec["metric"]) for arm in spec["comparisons"]]
+    ps = [c["p"] for c in primary]
+    if all(p is not None for p in ps):
+        for c, adjusted in zip(primary, holm(ps)):
+            c["p_holm"] = adjusted
+            c["rejected"] = adjusted < ALPHA
+    arms = [*spec["comparisons"], *spec["controls"]]
+    secondary = [compare(items, arm, baseline, m) for m in spec["secondary"] for arm in arms]
+    controls = [compare(items, arm, baseline, spec["metric"]) for arm in spec["controls"]]
+    return {"baseline": baseline, "split": spec["split"], "metric": spec["metric"], "primary": primary,
+            "secondary": secondary, "controls": controls}
