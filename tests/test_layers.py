@@ -21,6 +21,7 @@ LAYERS = [
     {"training"},
     {"eval"},
     {"experiments"},
+    {"study"},  # python -m recon_ft.study: the study's experiments, each through its tool
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 # The package's face registers the `${zoo:...}` config resolver, which builds a zoo on first use

@@ -1,0 +1,158 @@
+"""python -m recon_ft.study [conf/study/plan.yaml] [--jobs N] [--report-only] [--only NAME ...]
+
+Runs the experiments of docs/study/plan.md in its order, each through its own tool (E0: the
+generator's ranking, recon_ft.experiments.generator_ranks; finetuning experiments: the study runner,
+recon_ft.experiments.study, resumable), then writes docs/study.md: per experiment its question, the
+answer in one sentence with its effect and 95% interval, the pre-registered comparisons and a link
+to the experiment's own report. --report-only renders every report from the committed data only,
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from recon_ft.constants import CONF_DIR, PROJECT_ROOT
+
+log = logging.getLogger("recon_ft.study")
+KINDS = ("ranks", "study", "pending")
+
+
+def load_plan(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study plan {path} does not exist (e.g. conf/study/plan.yaml)")
+    cfg = OmegaConf.load(path)
+    for i, e in enumerate(cfg.experiments):
+        if e.get("kind") not in KINDS:
+            raise ValueError(f"{path}: experiments[{i}] ({e.get('name')}): kind must be one of {KINDS}, got {e.get('kind')!r}")
+        if e.kind == "study" and not e.get("config"):
+            raise ValueError(f"{path}: experiments[{i}] ({e.name}): a study experiment needs its config")
+    return cfg
+
+
+def command(e, jobs: int, report_only: bool) -> list[str] | None:
+    """The experiment's own tool, or None for a pending one."""
+    if e.kind == "ranks":
+        return [sys.executable, "-m", "recon_ft.experiments.generator_ranks", *map(str, e.args),
+                *(["--report-only"] if report_only else [])]
+    if e.kind == "study":
+        return [sys.executable, "-m", "recon_ft.experiments.study", str(e.config),
+                *(["--report-only"] if report_only else ["--jobs", str(jobs)])]
+    return None
+
+
+def report_path(e, root: Path) -> Path:
+    """The experiment's own report (markdown), relative to the project root."""
+    if e.kind == "study":
+        return Path(OmegaConf.load(root / e.config).docs)
+    return Path(e.report)
+
+
+def _f(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
+def ranks_answer(summary: dict) -> list[str]:
+    """E0's answer: the generator's pick of the true kind against the captioner's, held-out objects."""
+    test = summary["test"]
+    gen, cap = test["kind/heldout_objects/gen_correct"], test["kind/heldout_objects/cap_correct"]
+    chance = test["kind/heldout_objects/chance"]
+    return [f"On the test objects of held-out colour-kind pairs, the generator's denoising loss picks the true "
+            f"kind out of its edits on {_f(gen[0])} [{_f(gen[1])}, {_f(gen[2])}] of them, where the captioner "
+            f"names it on {_f(cap[0])} [{_f(cap[1])}, {_f(cap[2])}] (chance {_f(chance[0] if isinstance(chance, list) else chance)}): "
+            "the generator knows what the captioner gets wrong."]
+
+
+def study_answer(summary: dict) -> list[str]:
+    """A finetuning experiment's answer from its pre-registered comparisons."""
+    pre = summary.get("preregistered")
+    if not pre:
+        return ["(no pre-registered comparison in its report)"]
+    metric, base = pre["metric"], pre["baseline"]
+    rejected = [c for c in pre["primary"] if c.get("rejected")]
+    parts = [f"{c['arm']} {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] (p Holm "
+             f"{_p(c.get('p_holm'))})" for c in pre["primary"] if c["effect"] is not None]
+    verdict = (f"{', '.join(c['arm'] for c in rejected)} differ{'s' if len(rejected) == 1 else ''} from {base}"
+               if rejected else f"no arm differs from {base} at family-wise 0.05")
+    lines = [f"`{metric}` on {pre['split']}, against {base}: " + "; ".join(parts) + f". So {verdict}."]
+    for c in pre["controls"]:
+        if c["effect"] is not None:
+            lines.append(f"Control {c['arm']}: {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
+                         f"(p {_p(c['p'])}).")
+    return lines
+
+
+def answer(e, root: Path) -> list[str]:
+    if e.kind == "pending":
+        return [f"Not answered: {str(e.why).strip()}"]
+    report = root / report_path(e, root)
+    data = report.parent / (report.stem if e.kind == "study" else "")
+    summary_file = data / "summary.json"
+    if not summary_file.is_file():
+        return ["Not answered: no results yet."]
+    summary = json.loads(summary_file.read_text())
+    return ranks_answer(summary) if e.kind == "ranks" else study_answer(summary)
+
+
+def markdown(plan, root: Path) -> str:
+    out = [f"# {plan.title}", "",
+           f"Every experiment of [the plan]({Path(plan.plan).name}), committed before its first result, in its "
+           "order; each answer comes from the experiment's own report, linked, which holds its tables, "
+           "plots, data and the exploratory comparisons. Regenerate with `python -m recon_ft.study "
+           "--report-only`.", ""]
+    docs_dir = (root / plan.docs).parent
+    for e in plan.experiments:
+        out += [f"## {e.name}: {e.question}", ""]
+        out += [f"- {line}" for line in answer(e, root)]
+        if e.kind != "pending":
+            link = (root / report_path(e, root)).relative_to(docs_dir)
+            out += [f"- Report: [{link}]({link})"]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recon_ft.study", description=__doc__.split("\n\n")[1])
+    parser.add_argument("plan", nargs="?", default=str(CONF_DIR / "study" / "plan.yaml"))
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--only", nargs="*", default=None, metavar="NAME", help="run only these experiments")
+    parser.add_argument("--root", default=str(PROJECT_ROOT), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    plan = load_plan(args.plan)
+    root = Path(args.root)
+    failed = []
+    for e in plan.experiments:
+        cmd = command(e, args.jobs, args.report_only)
+        if cmd is None or (args.only is not None and e.name not in args.only):
+            continue
+        log.info("%s: %s", e.name, " ".join(cmd[1:]))
+        if subprocess.run(cmd, cwd=root).returncode != 0:
+            failed.append(e.name)
+    (root / plan.docs).write_text(markdown(plan, root))
+    log.info("wrote %s", plan.docs)
+    if failed:
+        log.error("failed: %s (run the same command again to resume)", ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

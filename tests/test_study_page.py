@@ -1,0 +1,52 @@
+"""docs/study.md's page (recon_ft/study.py): per experiment its answer from the experiment's own
+summary, and the plan's checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from recon_ft.study import load_plan, markdown
+from tests.conftest import CONF
+
+
+def test_the_shipped_plan_names_the_studys_experiments_in_order():
+    plan = load_plan(CONF / "study" / "plan.yaml")
+    assert [e.name for e in plan.experiments] == ["E0", "E1", "E1, p = 0", "E2", "E3"]
+    for e in plan.experiments:
+        if e.kind == "study":
+            assert (CONF.parent / e.config).is_file() and "primary" in OmegaConf.load(CONF.parent / e.config)
+
+
+def test_a_plan_with_an_unknown_kind_is_refused(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("title: t\nplan: p.md\ndocs: s.md\nexperiments:\n  - {name: E9, question: q, kind: magic}\n")
+    with pytest.raises(ValueError, match="E9.*kind must be one of"):
+        load_plan(path)
+
+
+def test_the_page_answers_from_each_experiments_summary(tmp_path):
+    (tmp_path / "docs" / "e0").mkdir(parents=True)
+    (tmp_path / "docs" / "e0" / "summary.json").write_text(json.dumps({"test": {
+        "kind/heldout_objects/gen_correct": [0.855, 0.812, 0.895],
+        "kind/heldout_objects/cap_correct": [0.047, 0.025, 0.072], "kind/heldout_objects/chance": 0.25}}))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "e1.yaml").write_text("docs: docs/e1.md\n")
+    (tmp_path / "docs" / "e1").mkdir()
+    primary = [{"arm": "img", "effect": 0.04, "ci": [0.01, 0.07], "p": 0.002, "p_holm": 0.004, "rejected": True},
+               {"arm": "ranked", "effect": -0.01, "ci": [-0.03, 0.01], "p": 0.4, "p_holm": 0.4, "rejected": False}]
+    controls = [{"arm": "mismatch", "effect": 0.0, "ci": [-0.01, 0.01], "p": 0.9}]
+    (tmp_path / "docs" / "e1" / "summary.json").write_text(json.dumps({"preregistered": {
+        "metric": "recall", "split": "val", "baseline": "cap_only", "primary": primary, "controls": controls}}))
+    plan = OmegaConf.create({"title": "T", "plan": "docs/plan.md", "docs": "docs/study.md", "experiments": [
+        {"name": "E0", "question": "Q0?", "kind": "ranks", "args": [], "report": "docs/e0/report.md"},
+        {"name": "E1", "question": "Q1?", "kind": "study", "config": "conf/e1.yaml"},
+        {"name": "E2", "question": "Q2?", "kind": "pending", "why": "not run yet"}]})
+    text = markdown(plan, tmp_path)
+    assert "## E0: Q0?" in text and "0.855 [0.812, 0.895]" in text and "0.047 [0.025, 0.072]" in text
+    assert "img +0.040 [+0.010, +0.070] (p Holm 0.004); ranked -0.010 [-0.030, +0.010] (p Holm 0.400)" in text
+    assert "So img differs from cap_only." in text and "Control mismatch: +0.000" in text
+    assert "[e1.md](e1.md)" in text and "[e0/report.md](e0/report.md)" in text
+    assert "## E2: Q2?" in text and "Not answered: not run yet" in text
