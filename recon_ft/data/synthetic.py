@@ -50,8 +50,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUND: tuple[int, int, int] = (230, 230, 230)
 MAX_OBJECTS = 3
 SPLIT_IDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
-READINGS = ("all", "left_of")
-DROP_STREAM = 7  # the random stream of drop_attributes, beside an item's scene stream  # the training caption: any grammar reading, or the left-to-right one
+READINGS = ("all", "left_of")  # the training caption: any grammar reading, or the left-to-right one
+DROP_STREAM = 7  # the random stream of drop_attributes, beside an item's scene stream
 
 # (colour, kind) compositions never seen in train/val: one per kind, four different colours,
 # so each kind and colour keeps 5 and 3-4 other partners in training.
@@ -203,7 +203,8 @@ def drop_attributes(caption: str, p: float, rng: np.random.Generator) -> str:
     """`caption` with each size and colour word left out with probability p, independently (as
     human references omit details): "a small red circle" -> "a red circle" or "a circle"."""
     def drop(m: re.Match) -> str:
-        words = [w for w, attr in zip(m.groups(), ("size", "colour", "kind")) if attr == "kind" or rng.random() >= p]
+        words = [w for w, attr in zip(m.groups(), ("size", "colour", "kind"))
+                 if attr not in DROPPABLE or rng.random() >= p]
         return "a " + " ".join(words)
 
     return _NP.sub(drop, caption)
