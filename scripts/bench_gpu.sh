@@ -54,7 +54,7 @@ export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, lightning, transformers, peft, diffusers, hydra; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| diffusers', diffusers.__version__, '| hydra', hydra.__version__)" 2>&1 | tee -a "$OUT/nvidia-smi.txt" || exit 2
 
-# The parts (all by default, in this order; about 13 minutes):
+# The parts (all by default, in this order; 6 minutes on an H200, 2026-12-04):
 #   real   the benchmark at real size, bf16-mixed, gradient checkpointing: step times, peak memory,
 #          the joint-over-reference ratio (the table of docs/benchmark.md)
 #   syncs  host-device synchronisations of one training step (torch.cuda.set_sync_debug_mode)
