@@ -13,6 +13,7 @@ from recon_ft.method.bridge import VocabBridge
 from recon_ft.method.objective import LossConfig, compute_losses
 from recon_ft.training.allocator import retain_step_memory
 from recon_ft.training.optim import OptimConfig, lr_lambda
+from recon_ft.training.term_grads import term_grad_norms
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,10 @@ def build_frozen_cache(cfg, generator) -> FrozenCache | None:
 
 class ReconModule(L.LightningModule):
     def __init__(self, captioner, generator, loss=None, optim=None, seed: int = 0, max_nonfinite_steps: int = 10,
-                 frozen_cache=None, base_dropout: bool = True):
+                 frozen_cache=None, base_dropout: bool = True, term_grad_norms_every_n_steps: int = 0):
         super().__init__()
         self.base_dropout = base_dropout
+        self.term_grad_norms_every_n_steps = term_grad_norms_every_n_steps
         self.seed = seed
         self.max_nonfinite_steps = max_nonfinite_steps
         self.captioner = captioner
@@ -132,6 +134,11 @@ class ReconModule(L.LightningModule):
             cache=self.frozen_cache,
         )
         b = len(batch["caption"])
+        every = self.term_grad_norms_every_n_steps
+        if every and self.global_step % every == 0:
+            groups = {"captioner": self._model_params(self.captioner), "generator": self._model_params(self.generator)}
+            for name, value in term_grad_norms(out, self.loss_cfg.weights(batch_idx), groups).items():
+                self.log(f"grad_norm/{name}", value, batch_size=b)
         loss = self._guard_nonfinite(out)
         if self._logs_this_step():
             for name, value in out.items():

@@ -46,6 +46,7 @@ def build_module(cfg: DictConfig) -> ReconModule:
         seed=cfg.seed,
         max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),
         base_dropout=cfg.get("base_dropout", True),
+        term_grad_norms_every_n_steps=cfg.get("term_grad_norms_every_n_steps", 0),
         frozen_cache=OmegaConf.to_container(cfg.frozen_cache, resolve=True) if cfg.get("frozen_cache") else None,
     )
 
