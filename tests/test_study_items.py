@@ -70,12 +70,16 @@ def test_primary_comparisons_are_holm_adjusted_and_controls_kept_apart():
     base = (rng.random((4, 100)) < 0.5).astype(float)
     flip = lambda p: np.where(rng.random(base.shape) < p, 1.0, base)  # noqa: E731
     items = _items({"b": base, "big": flip(0.5), "none": base.copy(), "ctl": base.copy()})
-    spec = {"split": "val", "metric": "m", "comparisons": ["big", "none"], "secondary": [], "controls": ["ctl"]}
+    spec = {"split": "val", "metric": "m", "comparisons": ["big", "none"], "secondary": [], "controls": ["ctl"],
+            "exploratory": [["big", "none"]]}
     pre = preregistered(items, spec, "b")
     big, none = pre["primary"]
     assert big["effect"] > 0.15 and big["rejected"] and big["p_holm"] == pytest.approx(min(1.0, 2 * big["p"]))
     assert none["effect"] == 0.0 and not none["rejected"]
     assert [c["arm"] for c in pre["controls"]] == ["ctl"] and "p_holm" not in pre["controls"][0]
+    (explored,) = pre["exploratory"]  # against another arm than the baseline, outside the family
+    assert explored["against"] == "none" and explored["effect"] == pytest.approx(big["effect"])
+    assert "p_holm" not in explored
 
 
 def _samples(tmp_path, cfg):

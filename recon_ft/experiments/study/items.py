@@ -5,7 +5,9 @@ A study config's `primary` block names the split, the primary metric (a key of e
 primary (corrected together with Holm's method), the secondary metrics and the controls:
 
     primary: {split: val, metric: recall, comparisons: [img_1, ranked], secondary: [precision],
-              controls: [mismatch]}
+              controls: [mismatch], exploratory: [[ranked, self_train]]}
+
+`exploratory` pairs (arm, against) are comparisons added after the plan, reported apart from it.
 
 items.csv holds, per configuration, seed and evaluated item, those metrics: enough to recompute
 every interval and p-value without the runs' folders (a few hundred kB per experiment).
@@ -43,7 +45,7 @@ def primary_spec(cfg) -> dict | None:
     for key in ("split", "metric", "comparisons"):
         if key not in spec:
             raise ValueError(f"study config primary: missing key {key!r}")
-    names = [*spec.comparisons, *(spec.get("controls") or [])]
+    names = [*spec.comparisons, *(spec.get("controls") or []), *(n for pair in spec.get("exploratory") or [] for n in pair)]
     unknown = [n for n in names if n not in cfg.configs]
     if unknown:
         raise ValueError(f"study config primary: {unknown} are not configs of the study ({list(cfg.configs)})")
@@ -51,7 +53,8 @@ def primary_spec(cfg) -> dict | None:
         raise ValueError(f"study config primary.split: {spec.split!r} is not evaluated (eval.splits {list(cfg.eval.splits)})")
     return {"split": str(spec.split), "metric": str(spec.metric), "comparisons": [str(c) for c in spec.comparisons],
             "secondary": [str(m) for m in spec.get("secondary") or []],
-            "controls": [str(c) for c in spec.get("controls") or []]}
+            "controls": [str(c) for c in spec.get("controls") or []],
+            "exploratory": [[str(a), str(b)] for a, b in spec.get("exploratory") or []]}
 
 
 def item_metrics(spec: dict) -> list[str]:
@@ -170,5 +173,7 @@ def preregistered(items: list[dict], spec: dict, baseline: str) -> dict:
     arms = [*spec["comparisons"], *spec["controls"]]
     secondary = [compare(items, arm, baseline, m) for m in spec["secondary"] for arm in arms]
     controls = [compare(items, arm, baseline, spec["metric"]) for arm in spec["controls"]]
+    exploratory = [{**compare(items, arm, against, m), "against": against}
+                   for arm, against in spec.get("exploratory", []) for m in item_metrics(spec)]
     return {"baseline": baseline, "split": spec["split"], "metric": spec["metric"], "primary": primary,
-            "secondary": secondary, "controls": controls}
+            "secondary": secondary, "controls": controls, "exploratory": exploratory}

@@ -161,6 +161,12 @@ def preregistered_section(pre: dict, spec: dict, summary: list[dict]) -> list[st
         out += [f"| {c['arm']} | `{c['metric']}` | {_signed(c['effect'])} | {_interval(c)} | {_p(c['p'])} |"
                 for c in pre["secondary"]]
         out.append("")
+    if pre.get("exploratory"):
+        out += ["Exploratory, added after the plan (not part of it; the study config says why):", "",
+                "| arm | against | metric | effect | 95% interval | p |", "|---|---|---|---:|---|---:|"]
+        out += [f"| {c['arm']} | {c['against']} | `{c['metric']}` | {_signed(c['effect'])} | {_interval(c)} | "
+                f"{_p(c['p'])} |" for c in pre["exploratory"]]
+        out.append("")
     return out
 
 
