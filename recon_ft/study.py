@@ -88,13 +88,18 @@ def study_answer(summary: dict) -> list[str]:
     rejected = [c for c in pre["primary"] if c.get("rejected")]
     parts = [f"{c['arm']} {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] (p Holm "
              f"{_p(c.get('p_holm'))})" for c in pre["primary"] if c["effect"] is not None]
-    verdict = (f"{', '.join(c['arm'] for c in rejected)} differ{'s' if len(rejected) == 1 else ''} from {base}"
-               if rejected else f"no arm differs from {base} at family-wise 0.05")
+    verdict = ("; ".join(f"{c['arm']} {'raises' if c['effect'] > 0 else 'lowers'} it" for c in rejected)
+               + " (family-wise 0.05)" if rejected else f"no arm differs from {base} at family-wise 0.05")
     lines = [f"`{metric}` on {pre['split']}, against {base}: " + "; ".join(parts) + f". So {verdict}."]
     for c in pre["controls"]:
         if c["effect"] is not None:
             lines.append(f"Control {c['arm']}: {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
                          f"(p {_p(c['p'])}).")
+    explored = [c for c in pre.get("exploratory", []) if c["metric"] == metric and c["effect"] is not None]
+    if explored:
+        lines.append("Exploratory, added after the plan: " + "; ".join(
+            f"{c['arm']} against {c['against']} {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
+            f"(p {_p(c['p'])})" for c in explored) + ".")
     return lines
 
 
@@ -111,12 +116,13 @@ def answer(e, root: Path) -> list[str]:
 
 
 def markdown(plan, root: Path) -> str:
+    docs_dir = (root / plan.docs).parent
+    plan_link = (root / plan.plan).relative_to(docs_dir)
     out = [f"# {plan.title}", "",
-           f"Every experiment of [the plan]({Path(plan.plan).name}), committed before its first result, in its "
+           f"Every experiment of [the plan]({plan_link}), committed before its first result, in its "
            "order; each answer comes from the experiment's own report, linked, which holds its tables, "
            "plots, data and the exploratory comparisons. Regenerate with `python -m recon_ft.study "
            "--report-only`.", ""]
-    docs_dir = (root / plan.docs).parent
     for e in plan.experiments:
         out += [f"## {e.name}: {e.question}", ""]
         out += [f"- {line}" for line in answer(e, root)]
