@@ -48,6 +48,6 @@ def test_the_page_answers_from_each_experiments_summary(tmp_path):
     assert "## E0: Q0?" in text and "0.855 [0.812, 0.895]" in text and "0.047 [0.025, 0.072]" in text
     assert "img +0.040 [+0.010, +0.070] (p Holm 0.004); ranked -0.010 [-0.030, +0.010] (p Holm 0.400)" in text
     assert "So img raises it (family-wise 0.05)." in text and "Control mismatch: +0.000" in text
-    assert "[the plan](plan.md)" in text  # docs/plan.md from docs/study.md
+    assert "[the plan](plan.md)" in text  # the plan beside the page, as the config names it
     assert "[e1.md](e1.md)" in text and "[e0/report.md](e0/report.md)" in text
     assert "## E2: Q2?" in text and "Not answered: not run yet" in text
