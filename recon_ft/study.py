@@ -4,8 +4,8 @@ Runs the experiments of docs/study/plan.md in its order, each through its own to
 generator's ranking, recon_ft.experiments.generator_ranks; finetuning experiments: the study runner,
 recon_ft.experiments.study, resumable), then writes docs/study.md: per experiment its question, the
 answer in one sentence with its effect and 95% interval, the pre-registered comparisons and a link
-to the experiment's own report. --report-only renders every report from the committed data only,
-byte for byte.
+to the experiment's own report. --report-only runs nothing and renders every report again, on a
+fresh clone from the committed data, byte for byte.
 """
 
 from __future__ import annotations
@@ -139,11 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, metavar="NAME", help="run only these experiments")
-    parser.add_argument("--root", default=str(PROJECT_ROOT), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     plan = load_plan(args.plan)
-    root = Path(args.root)
+    root = PROJECT_ROOT
     failed = []
     for e in plan.experiments:
         cmd = command(e, args.jobs, args.report_only)
