@@ -146,25 +146,16 @@ def parse_caption(text: str) -> Scene | None:
     so a model that names four shapes scores a count mismatch rather than a parse failure.
     A chain mixing "left of" and "right of" does not fix an order and does not parse.
     """
-    parts = _REL.split(_normalize(text))  # [np, rel, np, rel, np, ...]
-    nps, rels = parts[0::2], parts[1::2]
-    shapes = []
-    for np_text in nps:
-        m = _NP.fullmatch(np_text)
-        if m is None:
-            return None
-        shapes.append(Shape(size=m.group(1), colour=m.group(2), kind=m.group(3)))
-    if len(set(rels)) > 1:
+    objects = parse_partial(text)
+    if objects is None or any(len(o) < 3 for o in objects):  # every noun phrase complete
         return None
-    if rels and rels[0] == "right":
-        shapes.reverse()
-    return Scene(tuple(shapes))
+    return Scene(tuple(Shape(**o) for o in objects))
 
 
 def parse_partial(text: str) -> list[dict[str, str]] | None:
     """A grammar sentence whose noun phrases may leave out size and colour -> its objects left to
     right, each {"kind": ..., and "size" / "colour" where stated}; None if it is not such a sentence."""
-    parts = _REL.split(_normalize(text))
+    parts = _REL.split(_normalize(text))  # [np, rel, np, rel, np, ...]
     nps, rels = parts[0::2], parts[1::2]
     objects = []
     for np_text in nps:
