@@ -124,6 +124,15 @@ def resized(pixels: np.ndarray, size: int) -> np.ndarray:
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def rendered_items(split: str, n: int, image_size: int, seed: int = 0, render_size: int | None = None):
+    """(scene, pixels) of a split's first `n` items, rendered at `render_size` (default: image_size)
+    and resized to `image_size` as a generator's training images are."""
+    render_size = render_size or image_size
+    for i in range(n):
+        scene, pixels = generate(seed, split, i, render_size)
+        yield scene, pixels if render_size == image_size else resized(pixels, image_size)
+
+
 def validate_oracle(split: str = "test", n: int = 256, image_size: int = 32, seed: int = 0,
                     render_size: int | None = None) -> dict:
     """The oracle's accuracy per attribute on the first `n` rendered ground-truth items of a split.
@@ -137,10 +146,7 @@ def validate_oracle(split: str = "test", n: int = 256, image_size: int = 32, see
         raise ValueError(f"validate_oracle: need n >= 1 and image_size >= 8, got {n} and {image_size}")
     render_size = render_size or image_size
     totals = dict.fromkeys(ATTRIBUTES, 0.0)
-    for i in range(n):
-        scene, pixels = generate(seed, split, i, render_size)
-        if render_size != image_size:
-            pixels = resized(pixels, image_size)
+    for scene, pixels in rendered_items(split, n, image_size, seed, render_size):
         for attr, value in scene_match(pixels, scene).items():
             totals[attr] += value
     accuracy = {attr: totals[attr] / n for attr in ATTRIBUTES}
@@ -155,13 +161,9 @@ def kind_accuracy_by_size(split: str = "val", n: int = 512, image_size: int = 32
     number of objects and this one's kind at its position. A generated image's kind can be scored
     only for the sizes where this reaches VALIDATED_ACCURACY in every view the generator learns from
     (docs/study/plan.md, E3)."""
-    render_size = render_size or image_size
     hits: dict[str, int] = {}
     objects: dict[str, int] = {}
-    for i in range(n):
-        scene, pixels = generate(seed, split, i, render_size)
-        if render_size != image_size:
-            pixels = resized(pixels, image_size)
+    for scene, pixels in rendered_items(split, n, image_size, seed, render_size):
         seen = read_objects(pixels)
         counted = len(seen) == len(scene.objects)
         for k, want in enumerate(scene.objects):
