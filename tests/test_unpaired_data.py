@@ -89,6 +89,7 @@ def test_synthetic_unpaired_streams_hold_the_chosen_compositions_and_no_split_it
     texts = SyntheticTexts("heldout", 64, seed=0)
     assert all(parse_caption(texts[i]["text"]) == texts.scene(i) for i in range(64))
     assert all(texts.scene(i) != held.scene(i) for i in range(64))  # texts do not describe the images
+    assert all(parse_caption(held[i]["truth"]) == held.scene(i) for i in range(8))  # the oracle arm's target
     # seeded: the same item everywhere
     assert np.array_equal(np.asarray(held[5]["image"]), np.asarray(SyntheticImages("heldout", 64, seed=0)[5]["image"]))
 
@@ -202,6 +203,17 @@ def test_the_loader_gives_each_unpaired_row_its_own_item_and_the_paired_rows_unc
                 torch.testing.assert_close(b["unpaired_images"]["image_cap"][row], cap_view(im.convert("RGB")))
         assert set(b["unpaired_texts"]) <= {"a small red circle", "a large blue star"}
     assert bad_seen >= 1 and len(names) == 6  # 9 draws over 6 files: the broken one drawn, left out
+    assert all("truth" not in b["unpaired_images"] for b in batches)  # a folder knows no true captions
+
+
+def test_a_synthetic_image_stream_carries_each_image_s_true_caption_into_the_batch():
+    held = SyntheticImages("heldout", 16, seed=0, image_size=32)
+    dm = _datamodule({"images": held, "batch_size": 3})
+    for b in dm.train_dataloader():
+        rows = b["unpaired_images"]
+        assert len(rows["truth"]) == len(rows["id"]) == 3
+        for item_id, truth in zip(rows["id"], rows["truth"]):
+            assert truth == held[int(item_id.rsplit("-", 1)[1])]["truth"]
 
 
 def test_unpaired_options_are_checked():

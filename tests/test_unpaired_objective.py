@@ -20,6 +20,7 @@ from tests.test_cycle_values import _randomize_adapters, clip_ids, smoothed_ce_b
 SEED = 11
 OFF = dict(w_cap=0.0, w_gen=0.0, lambda_img=0.0, lambda_txt=0.0)
 TEXTS = ["a small red circle", "a large blue square left of a green star"]
+TRUTHS = ["a large green triangle", "a small purple star right of a small red circle"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def with_unpaired(captioner, generator, b=2):
     g = torch.Generator().manual_seed(5)
     images = torch.rand(b, 3, generator.image_size, generator.image_size, generator=g) * 2 - 1
     batch["unpaired_images"] = {"image_cap": captioner.preprocess(images), "image_gen": images,
-                                "id": [f"u{i}" for i in range(b)]}
+                                "id": [f"u{i}" for i in range(b)], "truth": list(TRUTHS[:b])}
     batch["unpaired_texts"] = list(TEXTS)
     return batch
 
@@ -84,6 +85,7 @@ def step_after(captioner, generator, bridge, **loss):
         (dict(lambda_img_unpaired=1.0, unpaired_image_mode="ranked"), "own", (True, False, False)),
         (dict(lambda_img_unpaired=1.0, unpaired_image_mode="ranked"), "both", (True, False, False)),
         (dict(lambda_img_unpaired=1.0, unpaired_image_mode="self_train"), "both", (True, False, False)),
+        (dict(lambda_img_unpaired=1.0, unpaired_image_mode="oracle"), "both", (True, False, False)),
         # text term: the generator learns (UNet and text encoder); the captioner too with both
         (dict(lambda_txt_unpaired=1.0), "own", (False, True, True)),
         (dict(lambda_txt_unpaired=1.0), "both", (True, True, True)),
@@ -205,6 +207,24 @@ def test_self_train_is_the_caption_loss_of_the_beam_caption(sharp_pair, bridge):
     beam = [c.strip() for c in captioner.tokenizer.batch_decode(ids[:, 4:], skip_special_tokens=True)]
     assert all(beam)
     assert out["loss_i2t2i_unpaired"].item() == pytest.approx(ce_by_hand(captioner, pixels, beam), rel=1e-5)
+
+
+def test_oracle_is_the_caption_loss_of_the_true_captions(sharp_pair, bridge):
+    captioner, generator = sharp_pair
+    batch = with_unpaired(captioner, generator)
+    cfg = LossConfig(**OFF, lambda_img_unpaired=1.0, unpaired_image_mode="oracle")
+    out = compute_losses(captioner, generator, bridge, batch, cfg, rng=torch.Generator().manual_seed(SEED))
+    pixels = batch["unpaired_images"]["image_cap"]
+    assert out["loss_i2t2i_unpaired"].item() == pytest.approx(ce_by_hand(captioner, pixels, list(TRUTHS)), rel=1e-5)
+
+
+def test_oracle_without_true_captions_says_which_stream_knows_them(pair, bridge):
+    captioner, generator = pair
+    batch = with_unpaired(captioner, generator)
+    del batch["unpaired_images"]["truth"]  # a folder of images: no true captions
+    cfg = LossConfig(**OFF, lambda_img_unpaired=1.0, unpaired_image_mode="oracle")
+    with pytest.raises(ValueError, match="unpaired_image_mode=oracle.*SyntheticImages"):
+        compute_losses(captioner, generator, bridge, batch, cfg, rng=torch.Generator().manual_seed(SEED))
 
 
 def test_soft_denoises_the_image_under_its_own_sampled_caption(sharp_pair, bridge, monkeypatch):

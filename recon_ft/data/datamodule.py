@@ -180,8 +180,11 @@ class UnpairedView(Dataset):
                 self._warned.add(err.source)
                 log.warning("skipping bad unpaired image %s: %s", err.source, err.reason)
             return BadUnpaired(self.stream, key.index)
-        return {"stream": "images", "index": key.index, "id": raw["id"],
-                "image_cap": self.caption_view(image), "image_gen": self.generator_view(image)}
+        sample = {"stream": "images", "index": key.index, "id": raw["id"],
+                  "image_cap": self.caption_view(image), "image_gen": self.generator_view(image)}
+        if "truth" in raw:  # a synthetic stream's true caption (the oracle arm's target)
+            sample["truth"] = raw["truth"]
+        return sample
 
 
 def _unpaired(sample) -> bool:
@@ -197,7 +200,8 @@ class CaptionCollate:
     shape's trailing dims, and the training step should skip the batch.
 
     With unpaired streams, also "unpaired_images": {"image_cap": (Bi, 3, Hc, Wc), "image_gen":
-    (Bi, 3, Hg, Wg), "id": list} when the batch drew images, "unpaired_texts": list[str] when it drew
+    (Bi, 3, Hg, Wg), "id": list, "truth": list[str] when the stream knows its true captions} when the
+    batch drew images, "unpaired_texts": list[str] when it drew
     texts, and "bad_unpaired": [(stream, index)] of the items left out.
     """
 
@@ -236,6 +240,8 @@ class CaptionCollate:
                 else torch.empty(0, 3, *self.generator_size),
                 "id": [s["id"] for s in images],
             }
+            if images and all("truth" in s for s in images):
+                rows["unpaired_images"]["truth"] = [s["truth"] for s in images]
         texts = [s["text"] for s in samples if isinstance(s, dict) and s["stream"] == "texts"]
         if texts:
             rows["unpaired_texts"] = texts

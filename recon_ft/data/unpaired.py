@@ -169,15 +169,18 @@ class _SyntheticStream:
 
 
 class SyntheticImages(_SyntheticStream):
-    """`size` generated scene images of the chosen compositions, without their captions.
-    Sample: {"id": "unpaired-<compositions>-<i>", "image": PIL RGB}."""
+    """`size` generated scene images of the chosen compositions, without their captions for the
+    cycles; the true caption (the left-to-right reading) rides along as "truth", read only by the
+    oracle arm of a study (`loss.unpaired_image_mode=oracle`), which needs the ceiling.
+    Sample: {"id": "unpaired-<compositions>-<i>", "image": PIL RGB, "truth": caption}."""
 
     kind = "images"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene, rng = self._draw(int(index))
         pixels = render(scene, self.image_size, rng)
-        return {"id": f"unpaired-{self.compositions}-{index}", "image": Image.fromarray(pixels)}
+        return {"id": f"unpaired-{self.compositions}-{index}", "image": Image.fromarray(pixels),
+                "truth": captions(scene)[0]}
 
 
 class SyntheticTexts(_SyntheticStream):

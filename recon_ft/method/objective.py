@@ -46,7 +46,7 @@ class LossConfig:
     # Unpaired data (data.unpaired.images / texts; recon_ft/method/unpaired.py)
     lambda_img_unpaired: float = 0.0  # image cycle on images without captions: trains the captioner
     lambda_txt_unpaired: float = 0.0  # text cycle on captions without images: trains the generator
-    unpaired_image_mode: str = "ranked"  # soft | ranked | self_train (the control: no generator)
+    unpaired_image_mode: str = "ranked"  # soft | ranked | self_train (the control: no generator) | oracle
     unpaired_rank_k: int = 4  # ranked: sampled candidates besides the beam caption
     unpaired_rank_draws: int = 4  # ranked: shared (t, noise) draws scoring each candidate
     unpaired_caption_top_p: float = 0.9  # nucleus sampling of the captioner's own captions

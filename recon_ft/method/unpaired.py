@@ -10,6 +10,8 @@
                 through a softmax, so none vanishes when the captioner is confident.
     self_train  the caption loss on the captioner's own beam caption: the same captioner compute, no
                 generator. What the generator adds is the difference from this control.
+    oracle      the caption loss on the images' true captions (a synthetic stream's "truth"): the
+                same images as pairs, the ceiling a study compares the cycles with.
   L_t2i2t_unpaired  (trains the generator)
     The generator samples an image for the text from noise with deterministic DDIM steps (guided
     as it samples), the gradient kept through the last K steps only (DRaFT-K, arXiv 2309.17400);
@@ -34,7 +36,7 @@ from recon_ft.method import losses as L
 from recon_ft.method.passes import noised_latents, soft_caption_denoising
 from recon_ft.utils import eval_mode
 
-IMAGE_MODES = ("soft", "ranked", "self_train")
+IMAGE_MODES = ("soft", "ranked", "self_train", "oracle")
 
 
 def image_cycle_unpaired(captioner, generator, bridge, images: dict, cfg, rng: torch.Generator,
@@ -46,6 +48,11 @@ def image_cycle_unpaired(captioner, generator, bridge, images: dict, cfg, rng: t
     if mode == "self_train":
         captions = own_captions(captioner, image_cap, cfg, rng, sampled=0)
         return {"loss_i2t2i_unpaired": _caption_loss_on(captioner, image_cap, captions, cfg)}
+    if mode == "oracle":
+        if "truth" not in images:
+            raise ValueError("loss.unpaired_image_mode=oracle: the unpaired images have no true captions; it needs a "
+                             "stream that knows them (data.unpaired.images: recon_ft.data.SyntheticImages)")
+        return {"loss_i2t2i_unpaired": _caption_loss_on(captioner, image_cap, list(images["truth"]), cfg)}
     if mode == "ranked":
         b, k = image_cap.shape[0], cfg.unpaired_rank_k
         candidates = own_captions(captioner, image_cap, cfg, rng, sampled=k)  # B * (1 + k), beam first
