@@ -61,12 +61,18 @@ def test_a_zero_weight_term_is_not_measured():
 
 
 def test_the_module_logs_them_every_n_steps(monkeypatch):
-    module = ReconModule(*tiny_pair(), term_grad_norms_every_n_steps=2)
+    module = ReconModule(*tiny_pair(), term_grad_norms_every_n_steps=4)
     logged = []
-    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.append(name))
     monkeypatch.setattr(module, "_guard_nonfinite", lambda out: out["loss"])
-    monkeypatch.setattr(module, "_logs_this_step", lambda: False)
+    writes = {0, 3, 6, 9}  # the steps the loggers write at (log_every_n_steps 3)
+    step = {"now": 0}
+    monkeypatch.setattr(type(module), "global_step", property(lambda self: step["now"]))
+    monkeypatch.setattr(module, "_logs_this_step", lambda: step["now"] in writes)
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.append((step["now"], name)))
     batch = fake_batch(module.captioner, module.generator)
-    module.training_step(batch, 0)  # global_step 0: logged
-    assert sorted(logged) == sorted(f"grad_norm/{m}/{t}" for m in ("captioner", "generator")
-                                    for t in ("cap", "gen", "i2t2i", "t2i2t"))
+    for step["now"] in range(10):
+        module.training_step(batch, step["now"])
+    measured = sorted({s for s, name in logged if name.startswith("grad_norm/")})
+    assert measured == [0, 6]  # 4 steps on, at the next step the loggers write (a value logged between is lost)
+    assert sorted(n for s, n in logged if s == 0 and n.startswith("grad_norm/")) == sorted(
+        f"grad_norm/{m}/{t}" for m in ("captioner", "generator") for t in ("cap", "gen", "i2t2i", "t2i2t"))

@@ -70,6 +70,7 @@ class ReconModule(L.LightningModule):
         super().__init__()
         self.base_dropout = base_dropout
         self.term_grad_norms_every_n_steps = term_grad_norms_every_n_steps
+        self._term_grad_norms_due = 0  # the first step the next measurement may be taken at
         self.seed = seed
         self.max_nonfinite_steps = max_nonfinite_steps
         self.captioner = captioner
@@ -134,8 +135,11 @@ class ReconModule(L.LightningModule):
             cache=self.frozen_cache,
         )
         b = len(batch["caption"])
+        # Measured only where the loggers write (every log_every_n_steps): a value logged at another
+        # step is dropped by Lightning, so "every n steps" is the first logged step n after the last.
         every = self.term_grad_norms_every_n_steps
-        if every and self.global_step % every == 0:
+        if every and self.global_step >= self._term_grad_norms_due and self._logs_this_step():
+            self._term_grad_norms_due = self.global_step + every
             groups = {"captioner": self._model_params(self.captioner), "generator": self._model_params(self.generator)}
             for name, value in term_grad_norms(out, self.loss_cfg.weights(batch_idx), groups).items():
                 self.log(f"grad_norm/{name}", value, batch_size=b)
