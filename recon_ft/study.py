@@ -85,16 +85,24 @@ def study_answer(summary: dict) -> list[str]:
     if not pre:
         return ["(no pre-registered comparison in its report)"]
     metric, base = pre["metric"], pre["baseline"]
-    rejected = [c for c in pre["primary"] if c.get("rejected")]
-    parts = [f"{c['arm']} {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] (p Holm "
-             f"{_p(c.get('p_holm'))})" for c in pre["primary"] if c["effect"] is not None]
-    verdict = ("; ".join(f"{c['arm']} {'raises' if c['effect'] > 0 else 'lowers'} it" for c in rejected)
-               + " (family-wise 0.05)" if rejected else f"no arm differs from {base} at family-wise 0.05")
-    lines = [f"`{metric}` on {pre['split']}, against {base}: " + "; ".join(parts) + f". So {verdict}."]
+    lines = []
+    groups = dict.fromkeys((c["metric"], c.get("against", base)) for c in pre["primary"])  # in the plan's order
+    for m, against in groups:
+        family = [c for c in pre["primary"] if c["metric"] == m and c.get("against", base) == against]
+        rejected = [c for c in family if c.get("rejected")]
+        parts = [f"{c['arm']} {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] (p Holm "
+                 f"{_p(c.get('p_holm'))})" for c in family if c["effect"] is not None]
+        verdict = ("; ".join(f"{c['arm']} {'raises' if c['effect'] > 0 else 'lowers'} it" for c in rejected)
+                   + " (family-wise 0.05)" if rejected else f"no arm differs from {against} at family-wise 0.05")
+        lines.append(f"`{m}` on {pre['split']}, against {against}: " + "; ".join(parts) + f". So {verdict}.")
     for c in pre["controls"]:
         if c["effect"] is not None:
             lines.append(f"Control {c['arm']}: {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
                          f"(p {_p(c['p'])}).")
+    for c in pre.get("ceilings", []):
+        if c["effect"] is not None:
+            lines.append(f"Ceiling {c['arm']}, `{c['metric']}` against {base}: {_signed(c['effect'])} "
+                         f"[{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] (p {_p(c['p'])}).")
     explored = [c for c in pre.get("exploratory", []) if c["metric"] == metric and c["effect"] is not None]
     if explored:
         lines.append("Exploratory, added after the plan: " + "; ".join(

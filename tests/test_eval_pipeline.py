@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,6 +121,9 @@ def test_synthetic_default_writes_every_output_and_is_reproducible(tmp_path, cap
                 "i2t2i/synthetic_exact_best"]:
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["data/items"] == 4 and metrics["data/split_size"] == 256
+    rows = rows_of(tmp_path / "a")
+    for name in ("colour", "count", "exact", "kind"):  # per item in samples.jsonl, for a study's tests
+        assert metrics[f"synthetic/gen_{name}"] == pytest.approx(np.mean([r["gen"]["synthetic"][name] for r in rows]))
     assert (tmp_path / "a" / "config.yaml").is_file() and (tmp_path / "a" / "timing.json").is_file()
     # same config and seed: the same metrics.json (timings live in timing.json)
     run_eval(tmp_path / "b", "metrics.meteor=true")

@@ -15,8 +15,11 @@ from recon_ft.experiments.study.items import (
     bootstrap_interval,
     compare,
     holm,
+    item_metrics,
+    item_score,
     paired_matrix,
     preregistered,
+    primary_spec,
     sign_flip_p,
 )
 from recon_ft.experiments.study.plan import run_dir
@@ -70,8 +73,8 @@ def test_primary_comparisons_are_holm_adjusted_and_controls_kept_apart():
     base = (rng.random((4, 100)) < 0.5).astype(float)
     flip = lambda p: np.where(rng.random(base.shape) < p, 1.0, base)  # noqa: E731
     items = _items({"b": base, "big": flip(0.5), "none": base.copy(), "ctl": base.copy()})
-    spec = {"split": "val", "metric": "m", "comparisons": ["big", "none"], "secondary": [], "controls": ["ctl"],
-            "exploratory": [["big", "none"]]}
+    spec = {"split": "val", "metric": "m", "comparisons": [{"arm": a, "against": "b", "metric": "m"} for a in ("big", "none")],
+            "secondary": [], "controls": ["ctl"], "exploratory": [["big", "none"]]}
     pre = preregistered(items, spec, "b")
     big, none = pre["primary"]
     assert big["effect"] > 0.15 and big["rejected"] and big["p_holm"] == pytest.approx(min(1.0, 2 * big["p"]))
@@ -80,6 +83,43 @@ def test_primary_comparisons_are_holm_adjusted_and_controls_kept_apart():
     (explored,) = pre["exploratory"]  # against another arm than the baseline, outside the family
     assert explored["against"] == "none" and explored["effect"] == pytest.approx(big["effect"])
     assert "p_holm" not in explored
+
+
+def test_a_comparison_may_name_its_own_baseline_and_metric_and_holm_spans_them_all(tmp_path):
+    cfg = study_cfg(tmp_path, primary={"split": "val", "metric": "recall", "secondary": ["gen_colour"],
+                                       "comparisons": ["img", {"arm": "img", "against": "txt"},
+                                                       {"arm": "txt", "metric": "gen_exact"}], "ceilings": ["txt"]})
+    spec = primary_spec(cfg)
+    assert spec["comparisons"] == [{"arm": "img", "against": "no_cycle", "metric": "recall"},
+                                   {"arm": "img", "against": "txt", "metric": "recall"},
+                                   {"arm": "txt", "against": "no_cycle", "metric": "gen_exact"}]
+    assert item_metrics(spec) == ["recall", "gen_exact", "gen_colour"]
+    rng = np.random.default_rng(6)
+    base = (rng.random((4, 80)) < 0.5).astype(float)
+    items = [{**r, "recall": r["m"], "gen_exact": r["m"], "gen_colour": r["m"]} for r in _items({"no_cycle": base, "img": base,
+                                                                         "txt": np.ones_like(base)})]
+    pre = preregistered(items, spec, "no_cycle")
+    effects = [(c["arm"], c["against"], c["metric"], round(c["effect"], 6)) for c in pre["primary"]]
+    assert effects == [("img", "no_cycle", "recall", 0.0), ("img", "txt", "recall", round(-(1 - base).mean(), 6)),
+                       ("txt", "no_cycle", "gen_exact", round((1 - base).mean(), 6))]
+    ps = [c["p"] for c in pre["primary"]]
+    assert [c["p_holm"] for c in pre["primary"]] == pytest.approx(holm(ps))  # one family of three
+    # a ceiling: against the baseline on every primary metric, outside the family
+    assert [(c["arm"], c["metric"]) for c in pre["ceilings"]] == [("txt", "recall"), ("txt", "gen_exact")]
+    assert all("p_holm" not in c for c in pre["ceilings"])
+    bad = study_cfg(tmp_path, primary={"split": "val", "metric": "recall", "comparisons": [{"arm": "nope"}]})
+    with pytest.raises(ValueError, match=r"\['nope'\] are not configs"):
+        primary_spec(bad)
+    with pytest.raises(ValueError, match="expected an arm's name or"):
+        primary_spec(study_cfg(tmp_path, primary={"split": "val", "metric": "recall",
+                                                  "comparisons": [{"arm": "img", "baseline": "txt"}]}))
+
+
+def test_item_scores_read_the_caption_s_and_the_generated_image_s_oracle_scores():
+    sample = {"synthetic": {"exact": 1.0}, "gen": {"synthetic": {"exact": 0.0, "kind": 0.5}}}
+    assert item_score(sample, "exact") == 1.0 and item_score(sample, "gen_exact") == 0.0
+    assert item_score(sample, "gen_kind") == 0.5 and item_score(sample, "kind") is None
+    assert item_score({"synthetic": {"exact": 1.0}}, "gen_exact") is None  # no generated image scored
 
 
 def _samples(tmp_path, cfg):
@@ -94,15 +134,21 @@ def _samples(tmp_path, cfg):
             with open(where / "samples.jsonl", "w") as f:
                 for i in range(40):
                     recall = float(np.clip(rng.random() * 0.5 + shift[config], 0, 1))
-                    f.write(json.dumps({"index": i, "synthetic": {"recall": recall, "precision": 0.9}}) + "\n")
+                    f.write(json.dumps({"index": i, "synthetic": {"recall": recall, "precision": 0.9},
+                                        "gen": {"synthetic": {"exact": float(i % 2)}}}) + "\n")
 
 
 def test_report_only_regenerates_the_committed_report_byte_for_byte(tmp_path):
     runs = tmp_path / "runs_here"
     fabricate(runs)
-    cfg = study_cfg(runs, primary={"split": "val", "metric": "recall", "comparisons": ["img"],
-                                   "secondary": ["precision"], "controls": ["txt"]})
+    cfg = study_cfg(runs, primary={"split": "val", "metric": "recall", "secondary": ["precision"], "controls": ["txt"],
+                                   "comparisons": ["img", {"arm": "txt", "metric": "gen_exact"}], "ceilings": ["img"]})
     _samples(runs, cfg)
+    for seed, values in enumerate([("", "0.5", "1.5"), ("0.25", "", "0.75")]):  # the img runs' training logs
+        logs = run_dir(runs, "img", seed) / "train" / "logs"
+        logs.mkdir(parents=True)
+        (logs / "metrics.csv").write_text("step,grad_norm/captioner/i2t2i,train/loss\n"
+                                          + "".join(f"{i},{v},0.1\n" for i, v in enumerate(values)))
     cfg.docs = str(tmp_path / "docs" / "e.md")
     cfg.oracle.n = 8
     path = tmp_path / "e.yaml"
@@ -113,6 +159,11 @@ def test_report_only_regenerates_the_committed_report_byte_for_byte(tmp_path):
     assert set(first) == {"e.md", "headline.png", "items.csv", "results.csv", "summary.json"}
     text = first["e.md"].decode()
     assert "## Pre-registered comparisons" in text and "| img |" in text and "txt (control)" in text
+    assert "Primary metrics: `recall`, `gen_exact` on val" in text and "| arm | gen_exact |" in text
+    assert "| txt | - | +0.000 |" in text  # one table per primary metric; no gen_exact in the fabricated metrics
+    assert "| img (ceiling) |" in text.split("| arm | gen_exact |")[1] and "Controls and ceilings are not" in text
+    # each run's mean over its logged steps (1.0 and 0.5), then over seeds
+    assert "| `grad_norm/captioner/i2t2i` | 0.750 ± 0.354 (2) |" in text and "train/loss" not in text.split("## Mechanism")[1]
     assert "## Every headline metric, seed by seed (exploratory)" in text
 
     shutil.rmtree(runs)  # a fresh clone: the committed data only

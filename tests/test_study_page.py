@@ -35,11 +35,19 @@ def test_the_page_answers_from_each_experiments_summary(tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "e1.yaml").write_text("docs: docs/e1.md\n")
     (tmp_path / "docs" / "e1").mkdir()
-    primary = [{"arm": "img", "effect": 0.04, "ci": [0.01, 0.07], "p": 0.002, "p_holm": 0.004, "rejected": True},
-               {"arm": "ranked", "effect": -0.01, "ci": [-0.03, 0.01], "p": 0.4, "p_holm": 0.4, "rejected": False}]
+    primary = [{"arm": "img", "against": "cap_only", "metric": "recall", "effect": 0.04, "ci": [0.01, 0.07],
+                "p": 0.002, "p_holm": 0.004, "rejected": True},
+               {"arm": "ranked", "against": "cap_only", "metric": "recall", "effect": -0.01, "ci": [-0.03, 0.01],
+                "p": 0.4, "p_holm": 0.4, "rejected": False},
+               {"arm": "ranked", "against": "self_train", "metric": "recall", "effect": 0.02, "ci": [-0.01, 0.05],
+                "p": 0.2, "p_holm": 0.4, "rejected": False},
+               {"arm": "txt", "against": "cap_only", "metric": "gen_exact", "effect": -0.05, "ci": [-0.08, -0.02],
+                "p": 0.001, "p_holm": 0.004, "rejected": True}]
     controls = [{"arm": "mismatch", "effect": 0.0, "ci": [-0.01, 0.01], "p": 0.9}]
+    ceilings = [{"arm": "oracle", "metric": "recall", "effect": 0.3, "ci": [0.25, 0.35], "p": 0.0001}]
     (tmp_path / "docs" / "e1" / "summary.json").write_text(json.dumps({"preregistered": {
-        "metric": "recall", "split": "val", "baseline": "cap_only", "primary": primary, "controls": controls}}))
+        "metric": "recall", "split": "val", "baseline": "cap_only", "primary": primary, "controls": controls,
+        "ceilings": ceilings}}))
     plan = OmegaConf.create({"title": "T", "plan": "docs/plan.md", "docs": "docs/study.md", "experiments": [
         {"name": "E0", "question": "Q0?", "kind": "ranks", "args": [], "report": "docs/e0/report.md"},
         {"name": "E1", "question": "Q1?", "kind": "study", "config": "conf/e1.yaml"},
@@ -48,6 +56,11 @@ def test_the_page_answers_from_each_experiments_summary(tmp_path):
     assert "## E0: Q0?" in text and "0.855 [0.812, 0.895]" in text and "0.047 [0.025, 0.072]" in text
     assert "img +0.040 [+0.010, +0.070] (p Holm 0.004); ranked -0.010 [-0.030, +0.010] (p Holm 0.400)" in text
     assert "So img raises it (family-wise 0.05)." in text and "Control mismatch: +0.000" in text
+    # one sentence per (metric, baseline) the plan compares on
+    assert ("`recall` on val, against self_train: ranked +0.020 [-0.010, +0.050] (p Holm 0.400). So no arm differs "
+            "from self_train at family-wise 0.05.") in text
+    assert "Ceiling oracle, `recall` against cap_only: +0.300 [+0.250, +0.350] (p <0.001)." in text
+    assert "`gen_exact` on val, against cap_only: txt -0.050 [-0.080, -0.020] (p Holm 0.004). So txt lowers it" in text
     assert "[the plan](plan.md)" in text  # the plan beside the page, as the config names it
     assert "[e1.md](e1.md)" in text and "[e0/report.md](e0/report.md)" in text
     assert "## E2: Q2?" in text and "Not answered: not run yet" in text

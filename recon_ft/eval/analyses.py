@@ -83,6 +83,8 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path, s: AnalysisSettings, clip
     if scenes is not None:
         # count / colour / exact as colour_match; kind, size and scene_exact from the shape templates
         oracle = [scene_match(_png_array(out_dir / r["gen"]["image"]), sc) for r, sc in zip(rows, scenes)]
+        for r, o in zip(rows, oracle):
+            r["gen"]["synthetic"] = {name: o[name] for name in GEN_ORACLE_SCORES}  # per item, for a study's tests
         for name in GEN_ORACLE_SCORES:
             metrics[f"synthetic/gen_{name}"] = _mean(o[name] for o in oracle)
 

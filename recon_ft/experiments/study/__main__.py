@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from recon_ft.constants import CONF_DIR, PROJECT_ROOT
 from recon_ft.data.oracle import validate_oracle
-from recon_ft.experiments.study.aggregate import collect, collect_wall, differences, summarize
+from recon_ft.experiments.study.aggregate import collect, collect_mechanism, collect_wall, differences, summarize
 from recon_ft.experiments.study.items import collect_items, preregistered, primary_spec, read_items
 from recon_ft.experiments.study.plan import load_study, plan
 from recon_ft.experiments.study.report import read_csv, write_report
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = primary_spec(cfg)
     data = Path(cfg.docs).parent / Path(cfg.docs).stem
     committed = json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else None
-    rows, wall, meta = collect(cfg), collect_wall(cfg), None
+    rows, wall, meta, mechanism = collect(cfg), collect_wall(cfg), None, collect_mechanism(cfg)
     items = collect_items(cfg, spec) if spec else None
     if args.report_only and committed is not None:
         # The report describes the runs, not the moment it is rendered: it keeps the command, commit,
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:  # no runs here (a fresh clone): the committed data
             log.info("no runs under %s: reporting from the committed data in %s", cfg.out_dir, data)
             rows, wall = read_csv(data / "results.csv"), committed["wall_seconds"]
+            mechanism = committed.get("mechanism", {})
             items = read_items(data / "items.csv") if spec else None
     if not rows:
         log.error("no finished evaluation under %s: nothing to report", cfg.out_dir)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = preregistered(items, spec, str(cfg.baseline)) if spec else None
     write_report(cfg=cfg, command=command.strip(), rows=rows, summary=summarize(rows),
                  diffs=differences(rows, str(cfg.baseline)), wall=wall, oracle=oracle_validation(cfg),
-                 docs=Path(cfg.docs), meta=meta, items=items, spec=spec, preregistered=pre)
+                 docs=Path(cfg.docs), meta=meta, items=items, spec=spec, preregistered=pre, mechanism=mechanism)
     log.info("report: %s", cfg.docs)
     if failures:
         log.error("%d chains failed (run the same command again to retry them)", len(failures))

@@ -12,6 +12,7 @@ Missing values (null in metrics.json, NaN) are left out, and n says how many rem
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -74,6 +75,32 @@ def collect_wall(cfg) -> dict[str, dict[str, float | None]]:
                 times["eval"].append(ev["seconds"])
     return {c: {k: (float(np.mean(v)) if v else None) for k, v in t.items()} | {"n_train": len(t["train"])}
             for c, t in wall.items()}
+
+
+MECHANISM_PREFIXES = ("grad_norm/", "train/unpaired/")
+
+
+def collect_mechanism(cfg) -> dict[str, dict[str, dict]]:
+    """{config: {value: describe() over seeds}} of the mechanism values each run's training logged
+    (train/logs/metrics.csv): grad_norm/<model>/<term> (term_grad_norms_every_n_steps) and the
+    unpaired terms' train/unpaired/soft_entropy and ranked_not_beam, each run's value the mean over
+    the steps that logged it. Configs that logged none are left out."""
+    out = Path(cfg.out_dir)
+    found: dict[str, dict[str, list[float]]] = {}
+    for name in cfg.configs:
+        for seed in cfg.seeds:
+            path = run_dir(out, name, int(seed)) / "train" / "logs" / "metrics.csv"
+            if not path.is_file():
+                continue
+            with open(path, newline="") as f:
+                logged: dict[str, list[float]] = {}
+                for row in csv.DictReader(f):
+                    for key, value in row.items():
+                        if key.startswith(MECHANISM_PREFIXES) and value not in ("", None):
+                            logged.setdefault(key, []).append(float(value))
+            for key, values in logged.items():
+                found.setdefault(str(name), {}).setdefault(key, []).append(float(np.mean(values)))
+    return {c: {k: describe(v) for k, v in sorted(values.items())} for c, values in found.items()}
 
 
 def describe(values: list[float | None]) -> dict:

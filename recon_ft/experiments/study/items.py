@@ -1,12 +1,17 @@
 """Per-item results and the pre-registered inference of docs/study/plan.md.
 
-A study config's `primary` block names the split, the primary metric (a key of each evaluated item's
-`synthetic` scores in samples.jsonl, e.g. recall), the comparisons against the baseline that are
-primary (corrected together with Holm's method), the secondary metrics and the controls:
+A study config's `primary` block names the split, the primary metric, the comparisons that are
+primary (corrected together with Holm's method), the secondary metrics, the controls (on the primary
+metric) and the ceilings (on every primary metric), both against the baseline and outside the family:
 
     primary: {split: val, metric: recall, comparisons: [img_1, ranked], secondary: [precision],
-              controls: [mismatch], exploratory: [[ranked, self_train]]}
+              controls: [mismatch], ceilings: [oracle], exploratory: [[ranked, self_train]]}
 
+A comparison is an arm, against the baseline on the primary metric, or {arm, against, metric} where
+the plan compares it with another arm or on another metric (E2: the image cycles against self_train
+as well, the text cycle on the generator's metric). A metric is a key of each evaluated item's
+caption scores in samples.jsonl (`synthetic`: recall, exact, ...) or, prefixed gen_, of its
+generated image's oracle scores (`gen.synthetic`: gen_exact, gen_kind, ...).
 `exploratory` pairs (arm, against) are comparisons added after the plan, reported apart from it.
 
 items.csv holds, per configuration, seed and evaluated item, those metrics: enough to recompute
@@ -45,20 +50,48 @@ def primary_spec(cfg) -> dict | None:
     for key in ("split", "metric", "comparisons"):
         if key not in spec:
             raise ValueError(f"study config primary: missing key {key!r}")
-    names = [*spec.comparisons, *(spec.get("controls") or []), *(n for pair in spec.get("exploratory") or [] for n in pair)]
-    unknown = [n for n in names if n not in cfg.configs]
+    comparisons = [_comparison(c, str(cfg.baseline), str(spec.metric)) for c in spec.comparisons]
+    names = [*(n for c in comparisons for n in (c["arm"], c["against"])), *(spec.get("controls") or []),
+             *(spec.get("ceilings") or []),
+             *(n for pair in spec.get("exploratory") or [] for n in pair)]
+    unknown = sorted({n for n in names if n not in cfg.configs})
     if unknown:
         raise ValueError(f"study config primary: {unknown} are not configs of the study ({list(cfg.configs)})")
     if spec.split not in cfg.eval.splits:
         raise ValueError(f"study config primary.split: {spec.split!r} is not evaluated (eval.splits {list(cfg.eval.splits)})")
-    return {"split": str(spec.split), "metric": str(spec.metric), "comparisons": [str(c) for c in spec.comparisons],
+    return {"split": str(spec.split), "metric": str(spec.metric), "comparisons": comparisons,
             "secondary": [str(m) for m in spec.get("secondary") or []],
             "controls": [str(c) for c in spec.get("controls") or []],
+            "ceilings": [str(c) for c in spec.get("ceilings") or []],
             "exploratory": [[str(a), str(b)] for a, b in spec.get("exploratory") or []]}
 
 
+def _comparison(entry, baseline: str, metric: str) -> dict:
+    """A primary comparison {arm, against, metric} from an arm's name or a mapping that names them."""
+    if isinstance(entry, str):
+        return {"arm": entry, "against": baseline, "metric": metric}
+    unknown = sorted(set(entry) - {"arm", "against", "metric"})
+    if "arm" not in entry or unknown:
+        raise ValueError(f"study config primary.comparisons: expected an arm's name or {{arm, against, metric}}, "
+                         f"got {dict(entry)}")
+    return {"arm": str(entry["arm"]), "against": str(entry.get("against", baseline)),
+            "metric": str(entry.get("metric", metric))}
+
+
 def item_metrics(spec: dict) -> list[str]:
-    return [spec["metric"], *spec["secondary"]]
+    """Every metric the inference reads, the primary ones first, each once."""
+    names = [spec["metric"], *(c["metric"] for c in spec["comparisons"]), *spec["secondary"]]
+    return list(dict.fromkeys(names))
+
+
+def item_score(sample: dict, metric: str) -> float | None:
+    """An evaluated item's score on `metric` (see the module text); None where it has none."""
+    if metric.startswith("gen_"):
+        scores = (sample.get("gen") or {}).get("synthetic")
+        metric = metric[len("gen_"):]
+    else:
+        scores = sample.get("synthetic")
+    return None if scores is None or metric not in scores else float(scores[metric])
 
 
 def collect_items(cfg, spec: dict) -> list[dict]:
@@ -73,12 +106,12 @@ def collect_items(cfg, spec: dict) -> list[dict]:
                 continue
             for line in path.read_text(encoding="utf-8").splitlines():
                 sample = json.loads(line)
-                scores = sample.get("synthetic")
-                if scores is None:
-                    raise ValueError(f"{path}: item {sample.get('index')} has no synthetic scores "
-                                     f"(the primary metric {spec['metric']!r} needs the synthetic benchmark)")
-                rows.append({"config": str(config), "seed": int(seed), "index": int(sample["index"]),
-                             **{m: float(scores[m]) for m in metrics}})
+                scores = {m: item_score(sample, m) for m in metrics}
+                missing = [m for m, v in scores.items() if v is None]
+                if missing:
+                    raise ValueError(f"{path}: item {sample.get('index')} has no score for {missing} (the study's "
+                                     "metrics need the synthetic benchmark, gen_ ones its generated images)")
+                rows.append({"config": str(config), "seed": int(seed), "index": int(sample["index"]), **scores})
     return rows
 
 
@@ -153,27 +186,32 @@ def compare(items: list[dict], arm: str, baseline: str, metric: str, seed: int =
     """The pre-registered comparison of `arm` with `baseline` on `metric` (see the module text)."""
     d, seeds = paired_matrix(items, arm, baseline, metric)
     if d.size == 0:
-        return {"arm": arm, "metric": metric, "seeds": [], "items": 0, "effect": None, "ci": None, "p": None,
-                "seed_effects": []}
+        return {"arm": arm, "against": baseline, "metric": metric, "seeds": [], "items": 0, "effect": None,
+                "ci": None, "p": None, "seed_effects": []}
     rng = np.random.default_rng(seed)
-    return {"arm": arm, "metric": metric, "seeds": seeds, "items": int(d.shape[1]), "effect": float(d.mean()),
+    return {"arm": arm, "against": baseline, "metric": metric, "seeds": seeds, "items": int(d.shape[1]),
+            "effect": float(d.mean()),
             "ci": bootstrap_interval(d, rng), "p": sign_flip_p(d, rng),
             "seed_effects": [float(x) for x in d.mean(axis=1)],
             "share_differing": float((d != 0).mean())}
 
 
 def preregistered(items: list[dict], spec: dict, baseline: str) -> dict:
-    """Primary comparisons (Holm-adjusted together), the secondary metrics and the controls."""
-    primary = [compare(items, arm, baseline, spec["metric"]) for arm in spec["comparisons"]]
+    """Primary comparisons (Holm-adjusted together), the secondary metrics, the controls and the ceilings."""
+    primary = [compare(items, c["arm"], c["against"], c["metric"]) for c in spec["comparisons"]]
     ps = [c["p"] for c in primary]
     if all(p is not None for p in ps):
         for c, adjusted in zip(primary, holm(ps)):
             c["p_holm"] = adjusted
             c["rejected"] = adjusted < ALPHA
-    arms = [*spec["comparisons"], *spec["controls"]]
+    ceilings = spec.get("ceilings", [])
+    arms = [*dict.fromkeys(c["arm"] for c in spec["comparisons"]), *spec["controls"], *ceilings]
     secondary = [compare(items, arm, baseline, m) for m in spec["secondary"] for arm in arms]
     controls = [compare(items, arm, baseline, spec["metric"]) for arm in spec["controls"]]
-    exploratory = [{**compare(items, arm, against, m), "against": against}
-                   for arm, against in spec.get("exploratory", []) for m in item_metrics(spec)]
+    exploratory = [compare(items, arm, against, m) for arm, against in spec.get("exploratory", [])
+                   for m in item_metrics(spec)]
     return {"baseline": baseline, "split": spec["split"], "metric": spec["metric"], "primary": primary,
-            "secondary": secondary, "controls": controls, "exploratory": exploratory}
+            "secondary": secondary, "controls": controls, "exploratory": exploratory,
+            **({"ceilings": [compare(items, arm, baseline, m) for arm in ceilings
+                             for m in dict.fromkeys([spec["metric"], *(c["metric"] for c in spec["comparisons"])])]}
+               if ceilings else {})}

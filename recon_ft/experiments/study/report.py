@@ -129,32 +129,51 @@ def _interval(c: dict) -> str:
     return "-" if c["ci"] is None else f"{_signed(c['ci'][0])} to {_signed(c['ci'][1])}"
 
 
+def metric_key(metric: str) -> str:
+    """The metrics.json key of a per-item study metric: recall -> synthetic/caption_recall,
+    gen_exact -> synthetic/gen_exact."""
+    return f"synthetic/{metric}" if metric.startswith("gen_") else f"synthetic/caption_{metric}"
+
+
 def preregistered_section(pre: dict, spec: dict, summary: list[dict]) -> list[str]:
-    """The plan's comparisons: effect, 95% bootstrap interval, permutation p (Holm for the primary)."""
+    """The plan's comparisons: effect, 95% bootstrap interval, permutation p (Holm for the primary),
+    a table per primary metric."""
     index = {(r["config"], r["split"], r["metric"]): r for r in summary}
     metric, split, baseline = pre["metric"], pre["split"], pre["baseline"]
-    key = f"synthetic/caption_{metric}"
+    metrics = list(dict.fromkeys([metric, *(c["metric"] for c in pre["primary"])]))
 
-    def level(arm: str) -> str:
-        r = index.get((arm, split, key))
+    def level(arm: str, m: str) -> str:
+        r = index.get((arm, split, metric_key(m)))
         return "-" if r is None or r["mean"] is None else _f(r["mean"])
 
+    primary_metrics = f"`{metric}`" if len(metrics) == 1 else ", ".join(f"`{m}`" for m in metrics)
+    against = (f"each arm against {baseline}" if all(c.get("against", baseline) == baseline for c in pre["primary"])
+               else f"each arm against {baseline} unless the table names another")
     out = ["## Pre-registered comparisons", "",
-           f"Primary metric: `{metric}` on {split} ([plan](plan.md)); each arm against {baseline}, seed by seed "
+           f"Primary metric{'s' if len(metrics) > 1 else ''}: {primary_metrics} on {split} ([plan](plan.md)); "
+           f"{against}, seed by seed "
            f"on the same items. Effect: mean difference; 95% interval: bootstrap over seeds, then items "
            f"(10,000 resamples); p: sign-flip permutation over seeds x items (10,000), Holm-adjusted over "
-           f"the {len(pre['primary'])} primary comparisons. Per-item data: items.csv beside this report.", "",
-           f"| arm | {metric} | effect vs {baseline} | 95% interval | p | p (Holm) | per-seed effects |",
-           "|---|---:|---:|---|---:|---:|---|"]
-    out.append(f"| {baseline} | {level(baseline)} | | | | | |")
-    for c in pre["primary"]:
-        flag = " **" if c.get("rejected") else ""
-        out.append(f"| {c['arm']} | {level(c['arm'])} | {_signed(c['effect'])}{flag} | {_interval(c)} | {_p(c['p'])} | "
-                   f"{_p(c.get('p_holm'))} | {', '.join(_signed(x) for x in c['seed_effects'])} |")
-    for c in pre["controls"]:
-        out.append(f"| {c['arm']} (control) | {level(c['arm'])} | {_signed(c['effect'])} | {_interval(c)} | "
-                   f"{_p(c['p'])} | | {', '.join(_signed(x) for x in c['seed_effects'])} |")
-    out += ["", f"`**`: rejected at family-wise {FAMILY_ALPHA:g} (Holm). Controls are not part of the family.", ""]
+           f"the {len(pre['primary'])} primary comparisons. Per-item data: items.csv beside this report.", ""]
+    for m in metrics:
+        out += [f"| arm | {m} | effect vs {baseline} | 95% interval | p | p (Holm) | per-seed effects |",
+                "|---|---:|---:|---|---:|---:|---|"]
+        out.append(f"| {baseline} | {level(baseline, m)} | | | | | |")
+        for c in (c for c in pre["primary"] if c["metric"] == m):
+            flag = " **" if c.get("rejected") else ""
+            other = c.get("against", baseline)
+            name = c["arm"] if other == baseline else f"{c['arm']} vs {other} ({level(other, m)})"
+            out.append(f"| {name} | {level(c['arm'], m)} | {_signed(c['effect'])}{flag} | {_interval(c)} | "
+                       f"{_p(c['p'])} | {_p(c.get('p_holm'))} | {', '.join(_signed(x) for x in c['seed_effects'])} |")
+        outside = [(c, "control") for c in pre["controls"] if m == metric]  # the controls: the primary metric
+        outside += [(c, "ceiling") for c in pre.get("ceilings", []) if c["metric"] == m]
+        for c, role in outside:
+            out.append(f"| {c['arm']} ({role}) | {level(c['arm'], m)} | {_signed(c['effect'])} | {_interval(c)} | "
+                       f"{_p(c['p'])} | | {', '.join(_signed(x) for x in c['seed_effects'])} |")
+        if m != metrics[-1]:
+            out.append("")
+    outside = "Controls and ceilings are" if pre.get("ceilings") else "Controls are"
+    out += ["", f"`**`: rejected at family-wise {FAMILY_ALPHA:g} (Holm). {outside} not part of the family.", ""]
     if pre["secondary"]:
         out += ["Secondary metrics (not corrected):", "",
                 "| arm | metric | effect | 95% interval | p |", "|---|---|---:|---|---:|"]
@@ -170,9 +189,31 @@ def preregistered_section(pre: dict, spec: dict, summary: list[dict]) -> list[st
     return out
 
 
+def mechanism_section(mechanism: dict, configs: list[str]) -> list[str]:
+    """What the training logged about how each term works, per config: mean over seeds (and their
+    spread) of each run's mean over its logged steps."""
+    keys = sorted({k for values in mechanism.values() for k in values})
+    out = ["## Mechanism logs (training)", "",
+           "Per run, the mean over the steps that logged it; here the mean ± std over seeds (n). "
+           "`grad_norm/<model>/<term>`: the gradient norm the weighted term sends into the model's adapters; "
+           "`train/unpaired/soft_entropy`: the soft caption's entropy per token (nats); "
+           "`train/unpaired/ranked_not_beam`: the share of unpaired images whose chosen caption is not the "
+           "beam caption.", "",
+           "| value | " + " | ".join(c for c in configs if c in mechanism) + " |",
+           "|---|" + "---:|" * sum(c in mechanism for c in configs)]
+    for key in keys:
+        cells = []
+        for c in (c for c in configs if c in mechanism):
+            d = mechanism[c].get(key)
+            cells.append("-" if d is None or d["mean"] is None else
+                         _f(d["mean"]) + (f" ± {_f(d['std'])}" if d["std"] is not None else "") + f" ({d['n']})")
+        out.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return out
+
+
 def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall: dict, oracle: list[dict],
              metrics: list[str], left_out: list[str], meta: dict, figure: str, data_dir: str,
-             preregistered: dict | None = None, spec: dict | None = None) -> str:
+             preregistered: dict | None = None, spec: dict | None = None, mechanism: dict | None = None) -> str:
     configs = list(cfg.configs)
     splits = list(cfg.eval.splits)
     baseline = str(cfg.baseline)
@@ -231,6 +272,8 @@ def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall:
     for c in [*configs, BASE]:
         w = wall.get(c, {})
         out.append(f"| {c} | {_f(w.get('train'), 0)} | {_f(w.get('eval'), 0)} |")
+    if mechanism:
+        out += ["", *mechanism_section(mechanism, configs)]
     out += ["", "## The pixel oracle on rendered ground truth", "",
             "Accuracy of `recon_ft.data.oracle.scene_match` on the benchmark's own renderings (the answer is "
             "known), drawn at the size read or drawn larger and resized as the generator's training "
@@ -257,7 +300,7 @@ def oracle_gate(oracle: list[dict], image_size: int) -> dict | None:
 
 def write_report(*, cfg, command: str, rows, summary, diffs, wall, oracle: list[dict], docs: Path,
                  meta: dict | None = None, items: list[dict] | None = None, spec: dict | None = None,
-                 preregistered: dict | None = None) -> dict:
+                 preregistered: dict | None = None, mechanism: dict | None = None) -> dict:
     """docs (the markdown) and, beside it in <stem>/, results.csv, summary.json and headline.png
     (and with a pre-registered primary block, items.csv)."""
     meta = meta or machine()
@@ -276,9 +319,11 @@ def write_report(*, cfg, command: str, rows, summary, diffs, wall, oracle: list[
     payload = {"command": command, "method": METHOD.format(baseline=cfg.baseline), "meta": meta,
                "headline": metrics, "left_out": left_out, "summary": summary, "differences": diffs,
                "wall_seconds": wall, "oracle": oracle, "preregistered": preregistered}
+    if mechanism:
+        payload["mechanism"] = mechanism
     (data / "summary.json").write_text(json.dumps(payload, indent=1))
     text = markdown(cfg=cfg, command=command, summary=summary, diffs=diffs, wall=wall, oracle=oracle,
                     metrics=metrics, left_out=left_out, meta=meta, figure=f"{data.name}/headline.png",
-                    data_dir=data.name, preregistered=preregistered, spec=spec)
+                    data_dir=data.name, preregistered=preregistered, spec=spec, mechanism=mechanism)
     docs.write_text(text)
     return payload
