@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from recon_ft.experiments.pairs.collect import collect, matrix
 from recon_ft.experiments.pairs.coverage import bridge_coverage, pair_coverage
+from recon_ft.experiments.pairs.intervals import cell_intervals, item_value
 from recon_ft.experiments.pairs.plan import ZOO_CAPTIONERS, ZOO_GENERATORS, check_names, check_settings, pair_dir, plan
 from recon_ft.experiments.pairs.report import write_report
 
@@ -136,6 +138,60 @@ def test_report_from_fabricated_metrics(tmp_path):
     assert "`extractors/clip`: `zoo CLIP`" in text and "![I2T2I best-of-k CLIP-I](pairs/i2t2i_clip_i_best.png)" in text
     page = (tmp_path / "docs" / "pairs" / "report.html").read_text()
     assert "<h1>recon_ft pairing study</h1>" in page and page.count("data:image/png;base64,") == 4
+
+
+def _sample(index: int, clip_i: float, clip_score: float) -> dict:
+    """An evaluated item with two I2T2I and two T2I2T candidates, the second the best."""
+    return {"index": index, "i2t2i": [{"clip_i": 0.0, "cider": 0.0}, {"clip_i": clip_i, "cider": 2 * clip_i}],
+            "i2t2i_selected": {"first": 0, "best": 1, "random": 0},
+            "t2i2t": [{"clip_text": 0.0, "clip_score": 0.0}, {"clip_text": clip_i / 2, "clip_score": clip_score}],
+            "t2i2t_selected": {"first": 0, "best": 1, "random": 1}}
+
+
+def test_item_values_are_the_best_candidate_s():
+    sample = _sample(3, 0.8, 90.0)
+    assert item_value(sample, "i2t2i/clip_i_best") == 0.8 and item_value(sample, "i2t2i/best/CIDEr") == 1.6
+    assert item_value(sample, "t2i2t/clip_text_best") == 0.4 and item_value(sample, "t2i2t/clip_score_best") == 90.0
+    assert item_value(sample, "t2i2t/sbert_best") is None  # this run measured text similarity with CLIP
+    assert item_value({"index": 0}, "i2t2i/clip_i_best") is None  # the analysis was off
+
+
+def test_cell_intervals_tell_which_cells_the_items_cannot_separate_from_the_best():
+    rng = np.random.default_rng(0)
+    best = rng.random(200)
+    cells = {("a", "x"): dict(enumerate(best)),
+             ("a", "y"): dict(enumerate(best - 0.2)),  # every item 0.2 lower: clearly below
+             # as good on average (0.001 lower), but item by item 0.1 above or below: the items cannot tell
+             ("b", "x"): dict(enumerate(best - 0.001 + 0.1 * (-1.0) ** np.arange(200))),
+             ("b", "y"): {}}  # not evaluated
+    out = cell_intervals(cells)
+    assert set(out) == {("a", "x"), ("a", "y"), ("b", "x")}
+    assert out[("a", "x")]["best"] and out[("a", "x")]["tied"]
+    assert out[("a", "y")]["vs_best"] == pytest.approx((-0.2, -0.2)) and not out[("a", "y")]["tied"]
+    assert out[("b", "x")]["tied"] and not out[("b", "x")]["best"]
+    low, high = out[("a", "x")]["ci"]
+    sem = best.std(ddof=1) / np.sqrt(200)  # the bootstrap interval is about the mean +- 1.96 standard errors
+    assert low == pytest.approx(best.mean() - 1.96 * sem, abs=0.3 * sem)
+    assert high == pytest.approx(best.mean() + 1.96 * sem, abs=0.3 * sem)
+
+
+def test_the_report_gives_each_cell_its_interval(tmp_path):
+    captioners, generators = ["cap_a"], ["gen_x", "gen_y"]
+    for g, shift in (("gen_x", 0.0), ("gen_y", -0.3)):
+        where = pair_dir(tmp_path / "out", "cap_a", g)
+        where.mkdir(parents=True)
+        items = [_sample(i, 0.5 + 0.1 * (i % 3) + shift, 80.0 + i % 5) for i in range(30)]
+        (where / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in items))
+        metrics = {"i2t2i/clip_i_best": float(np.mean([s["i2t2i"][1]["clip_i"] for s in items])), "data/items": 30.0}
+        (where / "metrics.json").write_text(json.dumps(metrics))
+    rows = collect(captioners, generators, tmp_path / "out")
+    machine = {"commit": "abc", "date": "d", "versions": {}}
+    text = write_report(command="c", overrides=[], machine=machine, rows=rows, captioners=captioners,
+                        generators=generators, out_dir=tmp_path / "out", docs=tmp_path / "docs").read_text()
+    assert "95% bootstrap interval" in text
+    row = next(line for line in text.splitlines() if line.startswith("| cap_a | **0.600**"))
+    x_low, x_high = (float(v) for v in row.split("|")[2].split("[")[1].rstrip("] ").split(","))
+    assert x_low < 0.6 < x_high and "0.300 [" in row.split("|")[3] and " =" not in row  # gen_y clearly below
 
 
 def test_command_runs_a_pair_then_resumes(tmp_path):

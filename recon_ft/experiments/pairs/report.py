@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from recon_ft.experiments.pairs.collect import COVERAGE, CSV_METRICS, HEADLINE, alone, extractors, matrix
+from recon_ft.experiments.pairs.intervals import cell_intervals, read_items
 
 ALONE_NOTE = ("A matrix cell mixes the two models' own competence with how well they understand each other; "
               "these are each model's own scores on the same items (captions of the source images; images "
@@ -64,10 +65,34 @@ def _f(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def markdown_matrix(values: list[list], captioners: list[str], generators: list[str]) -> str:
+def markdown_matrix(values: list[list], captioners: list[str], generators: list[str],
+                    intervals: dict | None = None) -> str:
+    """The matrix; with `intervals` (intervals.cell_intervals) each cell also gets its 95% interval,
+    the best in bold and `=` where the items cannot tell a cell from the best."""
     lines = ["| captioner \\ generator | " + " | ".join(generators) + " |", "|---|" + "---:|" * len(generators)]
-    lines += [f"| {c} | " + " | ".join(_f(v) for v in row) + " |" for c, row in zip(captioners, values)]
+    lines += [f"| {c} | " + " | ".join(cell_text(v, (intervals or {}).get((c, g)), "**")
+                                       for g, v in zip(generators, row)) + " |"
+              for c, row in zip(captioners, values)]
     return "\n".join(lines)
+
+
+def cell_text(value, interval: dict | None, best_mark: str) -> str:
+    """"0.913 [0.901, 0.925]", the best wrapped in `best_mark`, `=` after a cell tied with it."""
+    if value is None or interval is None:
+        return _f(value)
+    text = f"{best_mark}{_f(value)}{best_mark}" if interval["best"] else _f(value) + (" =" if interval["tied"] else "")
+    return f"{text} [{_f(interval['ci'][0])}, {_f(interval['ci'][1])}]"
+
+
+def headline_intervals(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    return cell_intervals({(r["captioner"], r["generator"]): read_items(Path(r["dir"]), keys)
+                           for r in rows if r["metrics"]})
+
+
+INTERVALS_NOTE = ("Each cell: the value, then the 95% bootstrap interval of the mean over the items; **bold**: the "
+                  "matrix's best; `=`: the items cannot tell the cell from the best (every pair scores the same "
+                  "items, so the interval of the mean paired difference from the best holds 0). "
+                  "The CIDEr interval is over per-caption CIDEr.")
 
 
 def coverage_rows(rows: list[dict]) -> list[list]:
@@ -108,10 +133,13 @@ def markdown(*, command: str, overrides: list[str], machine: dict, rows: list[di
         "source caption, one caption recovered from each; the best image is the one whose caption is closest to "
         "the source caption. Higher is better everywhere.",
     ]
+    all_intervals = {name: headline_intervals(rows, keys) for name, _, keys in HEADLINE}
+    if any(all_intervals.values()):
+        lines += ["", INTERVALS_NOTE]
     for name, label, keys in HEADLINE:
         values = matrix(rows, captioners, generators, keys)
         lines += ["", f"### {label} (`{'` or `'.join(keys)}`)", "", f"![{label}](pairs/{name}.png)", "",
-                  markdown_matrix(values, captioners, generators)]
+                  markdown_matrix(values, captioners, generators, all_intervals[name])]
     lines += ["", "## Each model alone", "", ALONE_NOTE]
     for part in ("captioner", "generator"):
         keys, table = alone(rows, part)
@@ -146,9 +174,13 @@ def html_report(*, command: str, overrides: list[str], machine: dict, rows: list
     sections.append("<h2>Pairs</h2>")
     for name, label, keys in HEADLINE:
         values = matrix(rows, captioners, generators, keys)
+        intervals = headline_intervals(rows, keys)
+        cells = [[c, *(cell_text(v, intervals.get((c, g)), "*") for g, v in zip(generators, row))]
+                 for c, row in zip(captioners, values)]
         sections.append(f"<h3>{html.escape(label)}</h3><div class=\"row\"><div>{html_img(images[name])}</div><div>"
-                        + html_table(["captioner \\ generator", *generators],
-                                      [[c, *row] for c, row in zip(captioners, values)]) + "</div></div>")
+                        + html_table(["captioner \\ generator", *generators], cells) + "</div></div>")
+        if intervals:
+            sections.append(f"<p>{html.escape(INTERVALS_NOTE.replace('**bold**', '*starred*'))}</p>")
     sections.append(f"<h3>Each model alone</h3><p>{html.escape(ALONE_NOTE)}</p>")
     for part in ("captioner", "generator"):
         keys, table = alone(rows, part)
