@@ -98,8 +98,8 @@ def test_a_zoo_build_installs_a_shipped_clip_instead_of_training_one(tmp_path, m
 
 def test_first_eval_on_an_empty_cache_builds_nothing_and_records_the_clips_hash(empty_cache, tmp_path):
     """`python eval.py` on an empty cache (default recipe, few items): the zoo and its CLIP are
-    installed, nothing is built, and metrics.json names the CLIP by key and sha256, for CLIPScore,
-    FID and IS alike, and SBERT by its weights' sha256."""
+    installed, nothing is built, metrics.json names the CLIP by key and sha256, for CLIPScore,
+    FID and IS alike, and SBERT by its weights' sha256, and its CLIP numbers are the pinned ones."""
     from recon_ft.eval.features import sbert_model_path
     from recon_ft.eval.pipeline import evaluate
     from tests.conftest import compose_eval
@@ -113,9 +113,38 @@ def test_first_eval_on_an_empty_cache_builds_nothing_and_records_the_clips_hash(
     for name in ("clip", "fid", "inception_score"):
         assert metrics[f"extractors/{name}_key"] == SHIPPED_CLIP_KEY, name
         assert metrics[f"extractors/{name}_sha256"] == SHIPPED_CLIP_SHA256, name
-    assert metrics["extractors/random"] is False and metrics["gen/clip_score"] > 0
+    assert metrics["extractors/random"] is False
+    # The numbers themselves, as measured where the CLIP was shipped: the zoo's generator samples the
+    # same images from the same seeds, the same CLIP scores them (two decimals, as eval reports).
+    assert metrics["gen/clip_score"] == pytest.approx(78.6427, abs=0.01)
+    assert metrics["gen/clip_i"] == pytest.approx(0.825734, abs=1e-4)
     assert metrics["extractors/sbert_key"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert metrics["extractors/sbert_sha256"] == file_sha256(sbert_model_path() / "model.safetensors")
+
+
+def test_the_shipped_clip_scores_fixed_items_as_pinned_on_every_machine():
+    """The same network gives the same numbers: its CLIPScore and CLIP-I on four rendered val items
+    (integer pixels, identical everywhere) against the values it gave where it was shipped. A
+    different CPU may move float32 sums in the last bits, so the pin holds to 1e-3 on CLIPScore's
+    0-100 scale (eval reports two decimals) and 1e-5 on cosines; anything more is a different
+    extractor, and every CLIP number of the benchmark would move with it."""
+    import torch
+
+    from recon_ft.data.synthetic import captions, generate
+    from recon_ft.eval.features import zoo_clip_features
+    from recon_ft.eval.metrics import clip_i, clip_score
+
+    clip = zoo_clip_features(cache.SHIPPED_ROOT / SHIPPED_CLIP_KEY)
+    items = [generate(0, "val", i, 64) for i in range(4)]
+    images = torch.stack([torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 for _, pixels in items])
+    texts = [captions(scene)[0] for scene, _ in items]
+    assert texts[0] == "a large orange square left of a small orange star"
+    assert clip_score(clip, images, texts).tolist() == pytest.approx([90.6929, 96.7942, 97.9938, 95.7491], abs=1e-3)
+    # each image with the next one's caption: lower, two of them clamped at 0
+    assert clip_score(clip, images, texts[1:] + texts[:1]).tolist() == pytest.approx([74.9031, 0.0, 0.0, 87.982],
+                                                                                     abs=1e-3)
+    assert clip_i(clip, images, images.roll(1, 0)).tolist() == pytest.approx(
+        [0.937646, 0.833056, -0.028364, -0.147471], abs=1e-5)
 
 
 def test_package_data_carries_the_shipped_clip_within_the_limit():
