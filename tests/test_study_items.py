@@ -118,8 +118,26 @@ def test_a_comparison_may_name_its_own_baseline_and_metric_and_holm_spans_them_a
 def test_item_scores_read_the_caption_s_and_the_generated_image_s_oracle_scores():
     sample = {"synthetic": {"exact": 1.0}, "gen": {"synthetic": {"exact": 0.0, "kind": 0.5}}}
     assert item_score(sample, "exact") == 1.0 and item_score(sample, "gen_exact") == 0.0
-    assert item_score(sample, "gen_kind") == 0.5 and item_score(sample, "kind") is None
-    assert item_score({"synthetic": {"exact": 1.0}}, "gen_exact") is None  # no generated image scored
+    assert item_score(sample, "gen_kind") == 0.5
+    with pytest.raises(KeyError):
+        item_score(sample, "kind")  # not scored
+    with pytest.raises(KeyError):
+        item_score({"synthetic": {"exact": 1.0}}, "gen_exact")  # no generated image scored
+    assert item_score({"gen": {"synthetic": {"kind_large": None}}}, "gen_kind_large") is None  # no large object
+
+
+def test_items_where_a_metric_is_not_defined_are_left_out_of_its_comparisons(tmp_path):
+    base = np.zeros((2, 6))
+    items = _items({"b": base, "a": base + 1.0})
+    for r in items:
+        r["m"] = None if r["index"] in (1, 4) else r["m"]  # e.g. kind_large on scenes without a large object
+    d, seeds = paired_matrix(items, "a", "b", "m")
+    assert seeds == [0, 1] and d.shape == (2, 4)
+    from recon_ft.experiments.study.items import read_items as read_back
+    from recon_ft.experiments.study.items import write_items
+
+    write_items(items, ["m"], tmp_path / "items.csv")
+    assert read_back(tmp_path / "items.csv") == items  # None survives the CSV as an empty cell
 
 
 def _samples(tmp_path, cfg):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SELECTIONS = ("first", "best", "random")
 SYNTHETIC_CAPTION_SCORES = ("parsed", "exact", "count", "kind", "colour", "size", "attributes", "recall", "precision")
-GEN_ORACLE_SCORES = ("count", "colour", "exact", "kind", "size", "scene_exact")
+GEN_ORACLE_SCORES = ("count", "colour", "exact", "kind", "size", "scene_exact", "kind_large")
 
 
 @dataclass
@@ -175,8 +175,11 @@ def t2i2t(rows, s: AnalysisSettings, clip, scenes) -> dict[str, float]:
     values = {sim_name: sim.reshape(n, k), "cider": cider.reshape(n, k),
               "clip_score": np.array([[c["clip_score"] for c in r["t2i2t"]] for r in rows])}
     if scenes is not None:
-        values["synthetic_exact"] = np.array(
-            [[score_caption(c["caption"], sc)["exact"] for c in r["t2i2t"]] for r, sc in zip(rows, scenes)])
+        # the captioner's reading of each generated image: the whole scene, and its kinds (a generator
+        # trained through this captioner may learn to please it; the pixel oracle is the measure)
+        scored = [[score_caption(c["caption"], sc) for c in r["t2i2t"]] for r, sc in zip(rows, scenes)]
+        values["synthetic_exact"] = np.array([[x["exact"] for x in row] for row in scored])
+        values["synthetic_kind"] = np.array([[x["kind"] for x in row] for row in scored])
     table = stats.selection_table(values, by=sim_name, seed=s.select_seed)
     for how in SELECTIONS:
         for name, value in table[how].items():
@@ -259,7 +262,7 @@ def _png_array(path: Path) -> np.ndarray:
 
 
 def _mean(values) -> float:
-    values = [float(v) for v in values]
+    values = [float(v) for v in values if v is not None]  # None: not defined for that item (kind_large)
     return float(np.mean(values)) if values else float("nan")
 
 

@@ -85,13 +85,17 @@ def item_metrics(spec: dict) -> list[str]:
 
 
 def item_score(sample: dict, metric: str) -> float | None:
-    """An evaluated item's score on `metric` (see the module text); None where it has none."""
+    """An evaluated item's score on `metric` (see the module text); None where the metric is not
+    defined for the item (kind_large of a scene without large objects). KeyError where the item
+    was not scored on it."""
     if metric.startswith("gen_"):
         scores = (sample.get("gen") or {}).get("synthetic")
         metric = metric[len("gen_"):]
     else:
         scores = sample.get("synthetic")
-    return None if scores is None or metric not in scores else float(scores[metric])
+    if scores is None or metric not in scores:
+        raise KeyError(metric)
+    return None if scores[metric] is None else float(scores[metric])
 
 
 def collect_items(cfg, spec: dict) -> list[dict]:
@@ -106,11 +110,11 @@ def collect_items(cfg, spec: dict) -> list[dict]:
                 continue
             for line in path.read_text(encoding="utf-8").splitlines():
                 sample = json.loads(line)
-                scores = {m: item_score(sample, m) for m in metrics}
-                missing = [m for m, v in scores.items() if v is None]
-                if missing:
+                try:
+                    scores = {m: item_score(sample, m) for m in metrics}
+                except KeyError as missing:
                     raise ValueError(f"{path}: item {sample.get('index')} has no score for {missing} (the study's "
-                                     "metrics need the synthetic benchmark, gen_ ones its generated images)")
+                                     "metrics need the synthetic benchmark, gen_ ones its generated images)") from None
                 rows.append({"config": str(config), "seed": int(seed), "index": int(sample["index"]), **scores})
     return rows
 
@@ -121,21 +125,23 @@ def write_items(rows: list[dict], metrics: list[str], path: Path) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["config", "seed", "index", *metrics])
         for r in rows:
-            writer.writerow([r["config"], r["seed"], r["index"], *(repr(r[m]) for m in metrics)])
+            writer.writerow([r["config"], r["seed"], r["index"], *("" if r[m] is None else repr(r[m]) for m in metrics)])
 
 
 def read_items(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{"config": r["config"], "seed": int(r["seed"]), "index": int(r["index"]),
-                 **{k: float(v) for k, v in r.items() if k not in ("config", "seed", "index")}}
+                 **{k: None if v == "" else float(v) for k, v in r.items() if k not in ("config", "seed", "index")}}
                 for r in csv.DictReader(f)]
 
 
 def paired_matrix(items: list[dict], arm: str, baseline: str, metric: str) -> tuple[np.ndarray, list[int]]:
-    """d (S, N): arm minus baseline per seed and item, over the seeds and items both have."""
+    """d (S, N): arm minus baseline per seed and item, over the seeds and items both have (an item
+    on which the metric is not defined, None, is left out)."""
     table: dict[tuple[str, int], dict[int, float]] = {}
     for r in items:
-        table.setdefault((r["config"], r["seed"]), {})[r["index"]] = r[metric]
+        if r[metric] is not None:
+            table.setdefault((r["config"], r["seed"]), {})[r["index"]] = r[metric]
     seeds = sorted(s for (c, s) in table if c == arm and (baseline, s) in table)
     if not seeds:
         return np.zeros((0, 0)), []

@@ -17,7 +17,7 @@ from recon_ft.experiments.study.plan import BASE
 # A generated-image metric is reported only if the oracle reads its attribute from rendered images.
 ORACLE_ATTRIBUTE = {"synthetic/gen_count": "count", "synthetic/gen_colour": "colour", "synthetic/gen_exact": "exact",
                     "synthetic/gen_kind": "kind", "synthetic/gen_size": "size",
-                    "synthetic/gen_scene_exact": "scene_exact"}
+                    "synthetic/gen_scene_exact": "scene_exact", "synthetic/gen_kind_large": "kind_large"}
 
 
 def headline_metrics(wanted: list[str], oracle: dict | None) -> tuple[list[str], list[str]]:
