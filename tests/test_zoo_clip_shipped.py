@@ -115,9 +115,10 @@ def test_first_eval_on_an_empty_cache_builds_nothing_and_records_the_clips_hash(
         assert metrics[f"extractors/{name}_sha256"] == SHIPPED_CLIP_SHA256, name
     assert metrics["extractors/random"] is False
     # The numbers themselves, as measured where the CLIP was shipped: the zoo's generator samples the
-    # same images from the same seeds, the same CLIP scores them (two decimals, as eval reports).
-    assert metrics["gen/clip_score"] == pytest.approx(78.6427, abs=0.01)
-    assert metrics["gen/clip_i"] == pytest.approx(0.825734, abs=1e-4)
+    # same images from the same seeds and the same CLIP scores them; the tolerances keep the digits
+    # eval prints (78.64, 0.8257) and allow float32 sums that differ in the last bits between CPUs.
+    assert metrics["gen/clip_score"] == pytest.approx(78.6427, abs=0.002)
+    assert metrics["gen/clip_i"] == pytest.approx(0.825734, abs=2e-5)
     assert metrics["extractors/sbert_key"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert metrics["extractors/sbert_sha256"] == file_sha256(sbert_model_path() / "model.safetensors")
 
