@@ -188,3 +188,16 @@ def test_report_only_regenerates_the_committed_report_byte_for_byte(tmp_path):
     assert main([str(path), "--report-only"]) == 0
     again = {p.name: p.read_bytes() for p in [tmp_path / "docs" / "e.md", *sorted(data.iterdir())]}
     assert again == first
+
+
+def test_differences_identical_at_every_seed_are_listed_with_the_config_s_reason():
+    from recon_ft.experiments.study.report import identical_note
+
+    diffs = [{"config": "img", "split": "test", "metric": "gen", "n": 4, "same": 4},
+             {"config": "img", "split": "test", "metric": "cap", "n": 4, "same": 1},
+             {"config": "txt", "split": "test", "metric": "cap", "n": 4, "same": 4},
+             {"config": "one_seed", "split": "test", "metric": "cap", "n": 1, "same": 1}]  # one seed proves nothing
+    (blank, line) = identical_note(diffs, ["gen", "cap"], "Zero by construction.")
+    assert blank == "" and line == ("Identical to the baseline at every seed, so not tested and not a finding: "
+                                    "img: `gen` (test); txt: `cap` (test). Zero by construction.")
+    assert identical_note(diffs[1:2], ["cap"], None) == []

@@ -125,6 +125,20 @@ def answer(diffs: list[dict], splits: list[str], metrics: list[str], baseline: s
     return lines
 
 
+def identical_note(diffs: list[dict], metrics: list[str], because: str | None) -> list[str]:
+    """The comparisons with no difference at any seed (zero variance: no test is made), and why,
+    as the study config explains it (`identical_because`)."""
+    same = [d for d in diffs if d["metric"] in metrics and d["n"] >= 2 and d["same"] == d["n"]]
+    if not same:
+        return []
+    pairs: dict[str, list[str]] = {}
+    for d in same:
+        pairs.setdefault(d["config"], []).append(f"`{d['metric']}` ({d['split']})")
+    listed = "; ".join(f"{config}: {', '.join(names)}" for config, names in pairs.items())
+    return ["", f"Identical to the baseline at every seed, so not tested and not a finding: {listed}."
+            + (f" {because.strip()}" if because else "")]
+
+
 def _interval(c: dict) -> str:
     return "-" if c["ci"] is None else f"{_signed(c['ci'][0])} to {_signed(c['ci'][1])}"
 
@@ -237,8 +251,9 @@ def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall:
     tested = sum(1 for d in diffs if d["metric"] in metrics and d["p"] is not None)
     out += ["", f"How: {METHOD.format(baseline=baseline)} This report makes {tested} such tests: at p < {ALPHA:g} "
             f"about {tested * ALPHA:.1f} would come out significant by chance alone, so a lone significant "
-            "difference is a lead to rerun with more seeds, not a finding.",
-            "", f"![headline metrics]({figure})", ""]
+            "difference is a lead to rerun with more seeds, not a finding."]
+    out += identical_note(diffs, metrics, cfg.get("identical_because"))
+    out += ["", f"![headline metrics]({figure})", ""]
     for split in splits:
         out += [f"## {split}: mean ± std over seeds (n)", "",
                 "| config | " + " | ".join(f"`{m}`" for m in metrics) + " |",
