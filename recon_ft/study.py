@@ -79,6 +79,17 @@ def ranks_answer(summary: dict) -> list[str]:
             "the generator knows what the captioner gets wrong."]
 
 
+def _rejected(c: dict) -> str:
+    """A rejected comparison in words; where its interval (seeds, then items) still holds 0, the
+    permutation test (items as the unit) rejected what the seeds' spread leaves uncertain."""
+    said = f"{c['arm']} {'raises' if c['effect'] > 0 else 'lowers'} it"
+    if c["ci"][0] <= 0.0 <= c["ci"][1]:
+        down = sum(x * c["effect"] < 0 for x in c["seed_effects"])
+        said += (f" by the items' permutation test, though its interval over seeds and items holds 0 "
+                 f"({down} of {len(c['seed_effects'])} seeds the other way)")
+    return said
+
+
 def study_answer(summary: dict) -> list[str]:
     """A finetuning experiment's answer from its pre-registered comparisons."""
     pre = summary.get("preregistered")
@@ -92,15 +103,18 @@ def study_answer(summary: dict) -> list[str]:
         rejected = [c for c in family if c.get("rejected")]
         parts = [f"{c['arm']} {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] (p Holm "
                  f"{_p(c.get('p_holm'))})" for c in family if c["effect"] is not None]
-        verdict = ("; ".join(f"{c['arm']} {'raises' if c['effect'] > 0 else 'lowers'} it" for c in rejected)
-                   + " (family-wise 0.05)" if rejected else f"no arm differs from {against} at family-wise 0.05")
+        verdict = ("; ".join(_rejected(c) for c in rejected) + " (family-wise 0.05)" if rejected
+                   else f"no arm differs from {against} at family-wise 0.05")
         lines.append(f"`{m}` on {pre['split']}, against {against}: " + "; ".join(parts) + f". So {verdict}.")
     for c in pre["controls"]:
         if c["effect"] is not None:
             lines.append(f"Control {c['arm']}: {_signed(c['effect'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] "
                          f"(p {_p(c['p'])}).")
     for c in pre.get("ceilings", []):
-        if c["effect"] is not None:
+        if c["effect"] is not None and c.get("share_differing") == 0:
+            lines.append(f"Ceiling {c['arm']}, `{c['metric']}`: identical to {base} on every item and seed "
+                         "(the report says why).")
+        elif c["effect"] is not None:
             lines.append(f"Ceiling {c['arm']}, `{c['metric']}` against {base}: {_signed(c['effect'])} "
                          f"[{_signed(c['ci'][0])}, {_signed(c['ci'][1])}] (p {_p(c['p'])}).")
     explored = [c for c in pre.get("exploratory", []) if c["metric"] == metric and c["effect"] is not None]

@@ -44,7 +44,11 @@ def test_the_page_answers_from_each_experiments_summary(tmp_path):
                {"arm": "txt", "against": "cap_only", "metric": "gen_exact", "effect": -0.05, "ci": [-0.08, -0.02],
                 "p": 0.001, "p_holm": 0.004, "rejected": True}]
     controls = [{"arm": "mismatch", "effect": 0.0, "ci": [-0.01, 0.01], "p": 0.9}]
-    ceilings = [{"arm": "oracle", "metric": "recall", "effect": 0.3, "ci": [0.25, 0.35], "p": 0.0001}]
+    ceilings = [{"arm": "oracle", "metric": "recall", "effect": 0.3, "ci": [0.25, 0.35], "p": 0.0001},
+                {"arm": "oracle", "metric": "gen_exact", "effect": 0.0, "ci": [0.0, 0.0], "p": 1.0,
+                 "share_differing": 0.0}]
+    primary.append({"arm": "soft", "against": "self_train", "metric": "recall", "effect": 0.012, "ci": [-0.003, 0.026],
+                    "p": 0.002, "p_holm": 0.006, "rejected": True, "seed_effects": [-0.008, 0.01, 0.027, 0.018]})
     (tmp_path / "docs" / "e1" / "summary.json").write_text(json.dumps({"preregistered": {
         "metric": "recall", "split": "val", "baseline": "cap_only", "primary": primary, "controls": controls,
         "ceilings": ceilings}}))
@@ -57,8 +61,10 @@ def test_the_page_answers_from_each_experiments_summary(tmp_path):
     assert "img +0.040 [+0.010, +0.070] (p Holm 0.004); ranked -0.010 [-0.030, +0.010] (p Holm 0.400)" in text
     assert "So img raises it (family-wise 0.05)." in text and "Control mismatch: +0.000" in text
     # one sentence per (metric, baseline) the plan compares on
-    assert ("`recall` on val, against self_train: ranked +0.020 [-0.010, +0.050] (p Holm 0.400). So no arm differs "
-            "from self_train at family-wise 0.05.") in text
+    assert ("`recall` on val, against self_train: ranked +0.020 [-0.010, +0.050] (p Holm 0.400); soft +0.012 "
+            "[-0.003, +0.026] (p Holm 0.006). So soft raises it by the items' permutation test, though its interval "
+            "over seeds and items holds 0 (1 of 4 seeds the other way) (family-wise 0.05).") in text
+    assert "Ceiling oracle, `gen_exact`: identical to cap_only on every item and seed" in text
     assert "Ceiling oracle, `recall` against cap_only: +0.300 [+0.250, +0.350] (p <0.001)." in text
     assert "`gen_exact` on val, against cap_only: txt -0.050 [-0.080, -0.020] (p Holm 0.004). So txt lowers it" in text
     assert "[the plan](plan.md)" in text  # the plan beside the page, as the config names it

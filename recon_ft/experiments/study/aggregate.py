@@ -26,7 +26,7 @@ METHOD = (
     "mean and std (ddof=1) over seeds; difference from {baseline} paired by seed (same seed: same data "
     "order, adapter initialization and noise), with a two-sided paired t-test (scipy.stats.ttest_rel) and a "
     "95% confidence interval from the t distribution with n-1 degrees of freedom. With few seeds "
-    "(3 seeds: 2 degrees of freedom) only large, consistent effects can be called significant (p < 0.05)."
+    "({seeds} seeds: {dof} degrees of freedom) only large, consistent effects can be called significant (p < 0.05)."
 )
 ALPHA = 0.05
 

@@ -125,6 +125,10 @@ def answer(diffs: list[dict], splits: list[str], metrics: list[str], baseline: s
     return lines
 
 
+def method(cfg) -> str:
+    return METHOD.format(baseline=cfg.baseline, seeds=len(cfg.seeds), dof=len(cfg.seeds) - 1)
+
+
 def identical_note(diffs: list[dict], metrics: list[str], because: str | None) -> list[str]:
     """The comparisons with no difference at any seed (zero variance: no test is made), and why,
     as the study config explains it (`identical_because`)."""
@@ -174,7 +178,7 @@ def preregistered_section(pre: dict, spec: dict, summary: list[dict]) -> list[st
                 "|---|---:|---:|---|---:|---:|---|"]
         out.append(f"| {baseline} | {level(baseline, m)} | | | | | |")
         for c in (c for c in pre["primary"] if c["metric"] == m):
-            flag = " **" if c.get("rejected") else ""
+            flag = (" **" + (" †" if c["ci"][0] <= 0.0 <= c["ci"][1] else "")) if c.get("rejected") else ""
             other = c.get("against", baseline)
             name = c["arm"] if other == baseline else f"{c['arm']} vs {other} ({level(other, m)})"
             out.append(f"| {name} | {level(c['arm'], m)} | {_signed(c['effect'])}{flag} | {_interval(c)} | "
@@ -187,7 +191,11 @@ def preregistered_section(pre: dict, spec: dict, summary: list[dict]) -> list[st
         if m != metrics[-1]:
             out.append("")
     outside = "Controls and ceilings are" if pre.get("ceilings") else "Controls are"
-    out += ["", f"`**`: rejected at family-wise {FAMILY_ALPHA:g} (Holm). {outside} not part of the family.", ""]
+    legend = f"`**`: rejected at family-wise {FAMILY_ALPHA:g} (Holm). {outside} not part of the family."
+    if any(c.get("rejected") and c["ci"][0] <= 0.0 <= c["ci"][1] for c in pre["primary"]):
+        legend += (" `†`: rejected by the permutation test, which treats items as the unit, while the 95% "
+                   "interval, which also resamples seeds, holds 0: the effect is not consistent across seeds.")
+    out += ["", legend, ""]
     if pre["secondary"]:
         out += ["Secondary metrics (not corrected):", "",
                 "| arm | metric | effect | 95% interval | p |", "|---|---|---:|---|---:|"]
@@ -249,7 +257,7 @@ def markdown(*, cfg, command: str, summary: list[dict], diffs: list[dict], wall:
     for split in splits:
         out += [f"- {shows(m, split, diffs, baseline)}" for m in metrics]
     tested = sum(1 for d in diffs if d["metric"] in metrics and d["p"] is not None)
-    out += ["", f"How: {METHOD.format(baseline=baseline)} This report makes {tested} such tests: at p < {ALPHA:g} "
+    out += ["", f"How: {method(cfg)} This report makes {tested} such tests: at p < {ALPHA:g} "
             f"about {tested * ALPHA:.1f} would come out significant by chance alone, so a lone significant "
             "difference is a lead to rerun with more seeds, not a finding."]
     out += identical_note(diffs, metrics, cfg.get("identical_because"))
@@ -331,7 +339,7 @@ def write_report(*, cfg, command: str, rows, summary, diffs, wall, oracle: list[
         write_items(items, item_metrics(spec), data / "items.csv")
     configs = [BASE, *cfg.configs]
     plot(summary, configs, list(cfg.eval.splits), metrics, data / "headline.png")
-    payload = {"command": command, "method": METHOD.format(baseline=cfg.baseline), "meta": meta,
+    payload = {"command": command, "method": method(cfg), "meta": meta,
                "headline": metrics, "left_out": left_out, "summary": summary, "differences": diffs,
                "wall_seconds": wall, "oracle": oracle, "preregistered": preregistered}
     if mechanism:
