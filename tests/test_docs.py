@@ -12,7 +12,7 @@
   its `--flags` is one the module defines.
 
 Output paths (`outputs/...`, `multirun/...`, `~/.cache/recon_ft/...`) are not repository paths and
-are not checked; neither are `docs/...` names without an extension (an output folder such as
+are not checked, nor is a study config's `docs:` line (the report its runs will write); neither are `docs/...` names without an extension (an output folder such as
 `--docs docs/coco`). A page that walks through a made-up example (a family called `fam`) says so in
 an HTML comment, `<!-- docs-check: example fam -->`; paths and names with a part `fam` (`fam.yaml`,
 `tiny_fam.yaml`, `recon_ft.models.fam`) are then not checked on that page.
@@ -69,6 +69,8 @@ def rel(path: Path) -> str:
 def prose(path: Path) -> str:
     """The text of a file that may cite paths: a Python file's comments and docstrings, else all."""
     text = path.read_text()
+    if path.parent.name == "study" and path.suffix == ".yaml":  # a study config: its report is an output
+        return re.sub(r"(?m)^docs:.*$", "", text)
     if path.suffix != ".py":
         return text
     parts = [tok.string.lstrip("#") for tok in tokenize.generate_tokens(io.StringIO(text).readline)
