@@ -5,9 +5,12 @@ mask is matched against the masks render() would draw: for every (kind, size) th
 that kind at that size's radius, slid over sub-pixel centres around the object's centroid; the
 (kind, size) whose best placement overlaps the mask most (intersection over union) wins. On
 rendered images the true template reproduces the mask up to pixel rounding; on generated images
-the best-overlapping one is a tolerant reading. The left-to-right order needs no reading of its
-own: every per-object score compares objects at the same left-to-right position, so an image with
-the right shapes in the wrong order scores as wrong.
+the best-overlapping one is a tolerant reading. A generator trained on renderings drawn at twice
+its size and resized (the zoo's) draws blended edges, where a star's thin points fade below what
+object_runs counts; so each template is also tried drawn at twice the size and resized the same
+way, its pixels kept where the shape covers enough of them for object_runs to count. The
+left-to-right order needs no reading of its own: every per-object score compares objects at the
+same left-to-right position, so an image with the right shapes in the wrong order scores as wrong.
 
 `validate_oracle` measures the oracle on rendered ground truth, where the answer is known: an
 attribute is worth reporting for generated images only if the oracle reads it from real
@@ -99,6 +102,8 @@ def read_shape(mask: np.ndarray, threshold: float | None = None) -> tuple[str, s
     window = mask[top:bottom, left:right]  # (h, w)
     ys, xs = np.mgrid[top:bottom, left:right].astype(np.float32) + 0.5  # pixel centres
     my, mx = ys[window].mean(), xs[window].mean()
+    if threshold is not None:  # the window's pixel centres at twice the size, (2h, 2w) each
+        ys2, xs2 = np.mgrid[2 * top:2 * bottom, 2 * left:2 * right].astype(np.float32) + 0.5
     best = ("", "", -1.0)
     for kind in KINDS:
         ox, oy = _CENTROID_OFFSET[kind]
@@ -110,7 +115,6 @@ def read_shape(mask: np.ndarray, threshold: float | None = None) -> tuple[str, s
             dx, dy = np.broadcast_arrays(xs - cx, ys - cy)  # (9, 9, h, w) each
             views = [shape_mask(kind, dx, dy, 0.0, 0.0, r)]
             if threshold is not None:
-                ys2, xs2 = np.mgrid[2 * top:2 * bottom, 2 * left:2 * right].astype(np.float32) + 0.5
                 views.append(_resized_templates(kind, 2 * r, xs2, ys2, 2 * cx, 2 * cy, window.shape, threshold))
             for templates in views:
                 inter = (templates & window).sum((-2, -1))
