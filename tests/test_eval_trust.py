@@ -233,7 +233,7 @@ def test_random_extractors_are_named_and_the_report_opens_with_a_summary(tmp_pat
     assert page.count("data:image/png;base64,") == 3
     assert page.index("data:image/png;base64,") < page.index("<th>metric</th>")
     assert "<th>selection</th><th>mean cider</th><th>mean clip_score</th><th>mean sbert</th>" \
-           "<th>mean synthetic_exact</th><th>FID</th><th>IS</th></tr>" in page
+           "<th>mean synthetic_exact</th><th>mean synthetic_kind</th><th>FID</th><th>IS</th></tr>" in page
 
 
 def test_no_warning_for_real_extractors(tmp_path):
