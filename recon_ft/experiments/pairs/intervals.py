@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recon_ft.experiments.study.items import bootstrap_interval
+
 N_RESAMPLES = 2000
-LEVEL = 0.95
 
 
 def item_value(sample: dict, key: str) -> float | None:
@@ -50,11 +51,9 @@ def read_items(run_dir: Path, keys: tuple[str, ...]) -> dict[int, float]:
 
 
 def bootstrap_mean(values: np.ndarray, rng: np.random.Generator, n: int = N_RESAMPLES) -> tuple[float, float]:
-    """Percentile interval of the mean of (N,) values, resampling items."""
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-    tail = (1 - LEVEL) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    """95% percentile interval of the mean of (N,) values, resampling items: the study's bootstrap
+    with a single seed."""
+    return bootstrap_interval(values[None, :], rng, n)
 
 
 def cell_intervals(per_cell: dict[tuple[str, str], dict[int, float]], seed: int = 0) -> dict[tuple[str, str], dict]:

@@ -109,7 +109,7 @@ def coverage_rows(rows: list[dict]) -> list[list]:
 
 
 def markdown(*, command: str, overrides: list[str], machine: dict, rows: list[dict], captioners: list[str],
-             generators: list[str], out_dir: Path) -> str:
+             generators: list[str], intervals: dict[str, dict], out_dir: Path) -> str:
     done = sum(r["metrics"] is not None for r in rows)
     lines = [
         "# Which models understand each other: the pairing study",
@@ -133,13 +133,12 @@ def markdown(*, command: str, overrides: list[str], machine: dict, rows: list[di
         "source caption, one caption recovered from each; the best image is the one whose caption is closest to "
         "the source caption. Higher is better everywhere.",
     ]
-    all_intervals = {name: headline_intervals(rows, keys) for name, _, keys in HEADLINE}
-    if any(all_intervals.values()):
+    if any(intervals.values()):
         lines += ["", INTERVALS_NOTE]
     for name, label, keys in HEADLINE:
         values = matrix(rows, captioners, generators, keys)
         lines += ["", f"### {label} (`{'` or `'.join(keys)}`)", "", f"![{label}](pairs/{name}.png)", "",
-                  markdown_matrix(values, captioners, generators, all_intervals[name])]
+                  markdown_matrix(values, captioners, generators, intervals[name])]
     lines += ["", "## Each model alone", "", ALONE_NOTE]
     for part in ("captioner", "generator"):
         keys, table = alone(rows, part)
@@ -164,7 +163,7 @@ def markdown(*, command: str, overrides: list[str], machine: dict, rows: list[di
 
 
 def html_report(*, command: str, overrides: list[str], machine: dict, rows: list[dict], captioners: list[str],
-                generators: list[str], images: dict[str, Path]) -> str:
+                generators: list[str], intervals: dict[str, dict], images: dict[str, Path]) -> str:
     """The report as one page in eval's report.html format (its tables, inline images and style)."""
     from recon_ft.eval.report import html_img, html_page, html_table
 
@@ -174,12 +173,11 @@ def html_report(*, command: str, overrides: list[str], machine: dict, rows: list
     sections.append("<h2>Pairs</h2>")
     for name, label, keys in HEADLINE:
         values = matrix(rows, captioners, generators, keys)
-        intervals = headline_intervals(rows, keys)
-        cells = [[c, *(cell_text(v, intervals.get((c, g)), "*") for g, v in zip(generators, row))]
+        cells = [[c, *(cell_text(v, intervals[name].get((c, g)), "*") for g, v in zip(generators, row))]
                  for c, row in zip(captioners, values)]
         sections.append(f"<h3>{html.escape(label)}</h3><div class=\"row\"><div>{html_img(images[name])}</div><div>"
                         + html_table(["captioner \\ generator", *generators], cells) + "</div></div>")
-        if intervals:
+        if intervals[name]:
             sections.append(f"<p>{html.escape(INTERVALS_NOTE.replace('**bold**', '*starred*'))}</p>")
     sections.append(f"<h3>Each model alone</h3><p>{html.escape(ALONE_NOTE)}</p>")
     for part in ("captioner", "generator"):
@@ -207,8 +205,10 @@ def write_report(*, command: str, overrides: list[str], machine: dict, rows: lis
     for name, label, keys in HEADLINE:
         images[name] = folder / f"{name}.png"
         heatmap(matrix(rows, captioners, generators, keys), captioners, generators, label, images[name])
+    # each pair's samples.jsonl read once per headline metric, for both pages
+    intervals = {name: headline_intervals(rows, keys) for name, _, keys in HEADLINE}
     common = dict(command=command, overrides=overrides, machine=machine, rows=rows, captioners=captioners,
-                  generators=generators)
+                  generators=generators, intervals=intervals)
     (folder / "report.html").write_text(html_report(**common, images=images), encoding="utf-8")
     path = Path(docs) / "pairs.md"
     path.write_text(markdown(**common, out_dir=out_dir), encoding="utf-8")
