@@ -78,10 +78,14 @@ def _comparison(entry, baseline: str, metric: str) -> dict:
             "metric": str(entry.get("metric", metric))}
 
 
+def primary_metrics(metric: str, comparisons: list[dict]) -> list[str]:
+    """The primary metrics: the block's own, then those its comparisons name, each once."""
+    return list(dict.fromkeys([metric, *(c["metric"] for c in comparisons)]))
+
+
 def item_metrics(spec: dict) -> list[str]:
     """Every metric the inference reads, the primary ones first, each once."""
-    names = [spec["metric"], *(c["metric"] for c in spec["comparisons"]), *spec["secondary"]]
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys([*primary_metrics(spec["metric"], spec["comparisons"]), *spec["secondary"]]))
 
 
 def item_score(sample: dict, metric: str) -> float | None:
@@ -219,5 +223,5 @@ def preregistered(items: list[dict], spec: dict, baseline: str) -> dict:
     return {"baseline": baseline, "split": spec["split"], "metric": spec["metric"], "primary": primary,
             "secondary": secondary, "controls": controls, "exploratory": exploratory,
             **({"ceilings": [compare(items, arm, baseline, m) for arm in ceilings
-                             for m in dict.fromkeys([spec["metric"], *(c["metric"] for c in spec["comparisons"])])]}
+                             for m in primary_metrics(spec["metric"], spec["comparisons"])]}
                if ceilings else {})}

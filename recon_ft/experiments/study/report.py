@@ -11,7 +11,7 @@ from pathlib import Path
 from recon_ft.experiments.machine import machine
 from recon_ft.experiments.study.aggregate import ALPHA, METHOD, sign_count
 from recon_ft.experiments.study.items import ALPHA as FAMILY_ALPHA
-from recon_ft.experiments.study.items import item_metrics, write_items
+from recon_ft.experiments.study.items import item_metrics, primary_metrics, write_items
 from recon_ft.experiments.study.plan import BASE
 
 # A generated-image metric is reported only if the oracle reads its attribute from rendered images.
@@ -158,17 +158,17 @@ def preregistered_section(pre: dict, spec: dict, summary: list[dict]) -> list[st
     a table per primary metric."""
     index = {(r["config"], r["split"], r["metric"]): r for r in summary}
     metric, split, baseline = pre["metric"], pre["split"], pre["baseline"]
-    metrics = list(dict.fromkeys([metric, *(c["metric"] for c in pre["primary"])]))
+    metrics = primary_metrics(metric, pre["primary"])
 
     def level(arm: str, m: str) -> str:
         r = index.get((arm, split, metric_key(m)))
         return "-" if r is None or r["mean"] is None else _f(r["mean"])
 
-    primary_metrics = f"`{metric}`" if len(metrics) == 1 else ", ".join(f"`{m}`" for m in metrics)
+    named = f"`{metric}`" if len(metrics) == 1 else ", ".join(f"`{m}`" for m in metrics)
     against = (f"each arm against {baseline}" if all(c.get("against", baseline) == baseline for c in pre["primary"])
                else f"each arm against {baseline} unless the table names another")
     out = ["## Pre-registered comparisons", "",
-           f"Primary metric{'s' if len(metrics) > 1 else ''}: {primary_metrics} on {split} ([plan](plan.md)); "
+           f"Primary metric{'s' if len(metrics) > 1 else ''}: {named} on {split} ([plan](plan.md)); "
            f"{against}, seed by seed "
            f"on the same items. Effect: mean difference; 95% interval: bootstrap over seeds, then items "
            f"(10,000 resamples); p: sign-flip permutation over seeds x items (10,000), Holm-adjusted over "
