@@ -125,16 +125,41 @@ def study_answer(summary: dict) -> list[str]:
     return lines
 
 
-def answer(e, root: Path) -> list[str]:
-    if e.kind == "pending":
-        return [f"Not answered: {str(e.why).strip()}"]
+def run_minutes(summary: dict) -> tuple[float | None, str]:
+    """The experiment's run time in minutes (None where its data did not record it) and the line
+    that says so. A study's is the sum of its runs' wall times (train, then each evaluation); with
+    --jobs 2 two ran at a time, so the elapsed time (where runs.json recorded it) is about half."""
+    if "wall_seconds" not in summary:
+        return None, "Wall time: not recorded by its run."
+    wall = summary["wall_seconds"]
+    if not isinstance(wall, dict):  # E0: one process
+        cpu = summary.get("machine", {})
+        return wall / 60, f"Wall time: {wall / 60:.0f} min, one process ({cpu.get('cpu')}, {cpu.get('cpu_count')} CPUs)."
+    splits = len({r["split"] for r in summary["summary"]})
+    total = sum((w["train"] or 0.0) * w["n_train"] + (w["eval"] or 0.0) * max(w["n_train"], 1) * splits
+                for w in wall.values())
+    runs = summary["meta"].get("runs", {})
+    elapsed = (f", {runs['elapsed_s'] / 60:.0f} min elapsed with `{runs['command']}`"
+               if "elapsed_s" in runs else "")
+    n = sum(w["n_train"] for w in wall.values())
+    return total / 60, (f"Wall time: {n} finetuning runs and their evaluations, {total / 60:.0f} min of run time "
+                        f"(the sum of each step's wall time){elapsed}.")
+
+
+def load_summary(e, root: Path) -> dict | None:
     report = root / report_path(e, root)
     data = report.parent / (report.stem if e.kind == "study" else "")
     summary_file = data / "summary.json"
-    if not summary_file.is_file():
+    return json.loads(summary_file.read_text()) if summary_file.is_file() else None
+
+
+def answer(e, summary: dict | None) -> list[str]:
+    if e.kind == "pending":
+        return [f"Not answered: {str(e.why).strip()}"]
+    if summary is None:
         return ["Not answered: no results yet."]
-    summary = json.loads(summary_file.read_text())
-    return ranks_answer(summary) if e.kind == "ranks" else study_answer(summary)
+    lines = ranks_answer(summary) if e.kind == "ranks" else study_answer(summary)
+    return lines + [run_minutes(summary)[1]]
 
 
 def markdown(plan, root: Path) -> str:
@@ -145,13 +170,23 @@ def markdown(plan, root: Path) -> str:
            "order; each answer comes from the experiment's own report, linked, which holds its tables, "
            "plots, data and the exploratory comparisons. Regenerate with `python -m recon_ft.study "
            "--report-only`.", ""]
+    minutes = {}
     for e in plan.experiments:
+        summary = None if e.kind == "pending" else load_summary(e, root)
         out += [f"## {e.name}: {e.question}", ""]
-        out += [f"- {line}" for line in answer(e, root)]
+        out += [f"- {line}" for line in answer(e, summary)]
         if e.kind != "pending":
             link = (root / report_path(e, root)).relative_to(docs_dir)
             out += [f"- Report: [{link}]({link})"]
+            minutes[e.name] = run_minutes(summary)[0] if summary else None
         out.append("")
+    recorded = {name: m for name, m in minutes.items() if m is not None}
+    if recorded:
+        missing = [name for name in minutes if name not in recorded]
+        out += ["## Wall time", "",
+                f"The run time of {', '.join(recorded)} together: {sum(recorded.values()):.0f} min "
+                "(each experiment's line above says how it was counted)"
+                + (f"; not recorded: {', '.join(missing)}." if missing else "."), ""]
     return "\n".join(out)
 
 

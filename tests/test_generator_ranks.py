@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recon_ft.data.synthetic import Scene, Shape, parse_caption
-from recon_ft.experiments.generator_ranks import _rows, edits, read_rows, summarize, write_rows
+from recon_ft.experiments.generator_ranks import _rows, edits, read_rows, report, summarize, write_rows
 
 SCENE = Scene((Shape("triangle", "red", "small"), Shape("circle", "blue", "large")))  # red triangle: held out
 
@@ -51,3 +51,10 @@ def test_summary_means_chance_and_intervals(tmp_path):
     assert summary["kind/all/cap_correct"][0] == 1.0  # the captioner said the truth
     assert summary["kind/all/chance"] == 0.25 and summary["colour/all/chance"] == pytest.approx(1 / 6)
     assert summary["truth_top"][0] == 0.5 and "truth_beats_captioner" not in summary
+
+
+def test_the_report_states_the_runs_wall_time_where_run_json_recorded_it():
+    run = {"command": "python -m recon_ft.experiments.generator_ranks --items 2", "zoo": "default-x"}
+    assert "It took" not in report(run)  # an older run.json: nothing invented
+    text = report(run | {"wall_seconds": 754.0, "machine": {"cpu": "AMD EPYC", "cpu_count": 2}})
+    assert "It took 13 min on AMD EPYC (2 CPUs)." in text

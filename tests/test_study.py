@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from recon_ft.experiments.study.aggregate import collect, collect_wall, describe, differences, paired_difference, sign_count, summarize
 from recon_ft.experiments.study.plan import BASE, load_study, plan, run_dir
 from recon_ft.experiments.study.report import answer, headline_metrics, oracle_gate, shows, write_report
-from recon_ft.experiments.runner import record_runs, threads_per_job
+from recon_ft.experiments.runner import record_elapsed, record_runs, threads_per_job
 from tests.conftest import CONF
 
 # Fabricated values: metric "m" per config and seed (val split); test split adds 1.0 everywhere.
@@ -288,3 +288,17 @@ def test_the_runs_command_and_commit_are_recorded_once_and_reported(tmp_path):
     text = (tmp_path / "s.md").read_text()
     assert f"The runs: `python -m recon_ft.experiments.study --jobs 2` at commit `{first['commit']}`" in text
     assert "## Answer" in text
+
+
+def test_a_resumed_studys_elapsed_time_is_the_sum_of_its_invocations(tmp_path):
+    started = record_runs(tmp_path, "python -m recon_ft.experiments.study --jobs 2")
+    record_elapsed(tmp_path, 1800.0)  # interrupted after 30 min
+    again = record_elapsed(tmp_path, 1500.04)  # resumed hours later: the gap does not count
+    assert again["elapsed_s"] == 3300.0 and again["started"] == started["started"] and "finished" in again
+    fabricate(tmp_path)
+    cfg = study_cfg(tmp_path)
+    rows = collect(cfg)
+    write_report(cfg=cfg, command="c", rows=rows, summary=summarize(rows), diffs=differences(rows, "no_cycle"),
+                 wall=collect_wall(cfg), oracle=[], docs=tmp_path / "s.md",
+                 meta={"cpu": "x", "cpu_count": 2, "python": "3", "versions": {}, "commit": "new", "date": "d"})
+    assert f"started {started['started']}, finished {again['finished']}, 55 min elapsed." in (tmp_path / "s.md").read_text()

@@ -70,3 +70,36 @@ def test_the_page_answers_from_each_experiments_summary(tmp_path):
     assert "[the plan](plan.md)" in text  # the plan beside the page, as the config names it
     assert "[e1.md](e1.md)" in text and "[e0/report.md](e0/report.md)" in text
     assert "## E2: Q2?" in text and "Not answered: not run yet" in text
+
+
+def test_the_page_states_each_experiments_run_time_and_their_total(tmp_path):
+    """A study's run time is the sum of its steps' wall times: each config's mean train time times
+    its runs, plus its mean eval time times runs x splits (the base model: evaluation only)."""
+    (tmp_path / "docs" / "e0").mkdir(parents=True)
+    (tmp_path / "docs" / "e0" / "summary.json").write_text(json.dumps({
+        "test": {"kind/heldout_objects/gen_correct": [0.8, 0.7, 0.9], "kind/heldout_objects/cap_correct": [0.1, 0.0, 0.2],
+                 "kind/heldout_objects/chance": 0.25},
+        "wall_seconds": 600.0, "machine": {"cpu": "AMD EPYC", "cpu_count": 2}}))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "e1.yaml").write_text("docs: docs/e1.md\n")
+    (tmp_path / "docs" / "e1").mkdir()
+    wall = {"cap_only": {"train": 60.0, "eval": 30.0, "n_train": 4},   # 4 x 60 + 4 x 2 x 30 = 480 s
+            "img": {"train": 120.0, "eval": 30.0, "n_train": 4},       # 4 x 120 + 4 x 2 x 30 = 720 s
+            "base": {"train": None, "eval": 60.0, "n_train": 0}}       # 1 x 2 x 60 = 120 s
+    (tmp_path / "docs" / "e1" / "summary.json").write_text(json.dumps({
+        "preregistered": {"metric": "recall", "split": "val", "baseline": "cap_only", "primary": [], "controls": []},
+        "summary": [{"split": "val"}, {"split": "test"}], "wall_seconds": wall,
+        "meta": {"runs": {"command": "python -m recon_ft.experiments.study conf/e1.yaml --jobs 2", "elapsed_s": 690.0}}}))
+    (tmp_path / "conf" / "e2.yaml").write_text("docs: docs/e2.md\n")
+    (tmp_path / "docs" / "e2").mkdir()
+    (tmp_path / "docs" / "e2" / "summary.json").write_text(json.dumps({"preregistered": None}))
+    plan = OmegaConf.create({"title": "T", "plan": "docs/plan.md", "docs": "docs/study.md", "experiments": [
+        {"name": "E0", "question": "Q0?", "kind": "ranks", "args": [], "report": "docs/e0/report.md"},
+        {"name": "E1", "question": "Q1?", "kind": "study", "config": "conf/e1.yaml"},
+        {"name": "E2", "question": "Q2?", "kind": "study", "config": "conf/e2.yaml"}]})
+    text = markdown(plan, tmp_path)
+    assert "- Wall time: 10 min, one process (AMD EPYC, 2 CPUs)." in text
+    assert ("- Wall time: 8 finetuning runs and their evaluations, 22 min of run time (the sum of each step's wall "
+            "time), 12 min elapsed with `python -m recon_ft.experiments.study conf/e1.yaml --jobs 2`.") in text
+    assert "- Wall time: not recorded by its run." in text  # E2's summary has none
+    assert "## Wall time\n\nThe run time of E0, E1 together: 32 min (each experiment's line above says how it was counted); not recorded: E2." in text

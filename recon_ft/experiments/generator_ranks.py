@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,9 @@ def report(summary: dict) -> str:
              "Means over items with 95% bootstrap intervals. The generator's pick: the truth scores below every "
              "edit of that object's attribute, by the mean denoising loss over shared (t, noise) draws; the "
              "captioner's: its beam caption names the attribute rightly. Pre-registered in plan.md (E0); the "
-             "primary row is test, held-out objects, kind.", ""]
+             "primary row is test, held-out objects, kind."
+             + (f" It took {summary['wall_seconds'] / 60:.0f} min on {summary['machine']['cpu']} "
+                f"({summary['machine']['cpu_count']} CPUs)." if "wall_seconds" in summary else ""), ""]
     for split in SPLITS:
         block = summary.get(split)
         if not block:
@@ -230,9 +233,13 @@ def main(argv=None) -> dict:
     if args.report_only:
         rows, run = read_rows(out / "items.csv"), json.loads((out / "run.json").read_text())
     else:
+        from recon_ft.experiments.machine import machine
+
         run = {"command": f"python -m recon_ft.experiments.generator_ranks --items {args.items} --draws "
                           f"{args.draws} --seed {args.seed} --out {args.out}", "zoo": zoo_key()}
+        start = time.perf_counter()
         rows = [row for split in SPLITS for row in rank_items(split, args.items, args.draws, args.seed)]
+        run |= {"wall_seconds": round(time.perf_counter() - start, 1), "machine": machine()}
         write_rows(rows, out / "items.csv")
         (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     summary = {**run, **summarize(rows)}

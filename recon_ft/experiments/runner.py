@@ -60,6 +60,17 @@ def record_runs(out_dir: Path, command: str) -> dict:
     return record
 
 
+def record_elapsed(out_dir: Path, seconds: float) -> dict:
+    """Adds one invocation's elapsed time to <out_dir>/runs.json (written by record_runs): a study
+    resumed over several invocations reports the time its runs took, not the gap between them."""
+    path = Path(out_dir) / "runs.json"
+    record = json.loads(path.read_text())
+    record["elapsed_s"] = round(record.get("elapsed_s", 0.0) + seconds, 1)
+    record["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
 def run_step(step: Step, threads: int, cwd: Path) -> float:
     """One subprocess, its output in <out_dir>/study.log; returns and records its wall time (s)."""
     step.out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import json
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -25,7 +26,7 @@ from recon_ft.experiments.study.aggregate import collect, collect_mechanism, col
 from recon_ft.experiments.study.items import collect_items, preregistered, primary_spec, read_items
 from recon_ft.experiments.study.plan import load_study, plan
 from recon_ft.experiments.study.report import read_csv, write_report
-from recon_ft.experiments.runner import record_runs, run_all, threads_per_job
+from recon_ft.experiments.runner import record_elapsed, record_runs, run_all, threads_per_job
 
 log = logging.getLogger("recon_ft.experiments.study")
 
@@ -77,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(shlex.join(step.command))
         return 0
     command = "python -m recon_ft.experiments.study " + shlex.join(sys.argv[1:] if argv is None else argv)
+    failures = []
     if not args.report_only and any(c.todo for c in chains):
         record_runs(Path(cfg.out_dir), command.strip())
-    failures = [] if args.report_only else run_all(chains, args.jobs, threads, PROJECT_ROOT)
+        start = time.perf_counter()
+        failures = run_all(chains, args.jobs, threads, PROJECT_ROOT)
+        record_elapsed(Path(cfg.out_dir), time.perf_counter() - start)
     spec = primary_spec(cfg)
     data = Path(cfg.docs).parent / Path(cfg.docs).stem
     committed = json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else None
