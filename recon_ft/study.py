@@ -35,6 +35,9 @@ def load_plan(path: str | Path):
             raise ValueError(f"{path}: experiments[{i}] ({e.get('name')}): kind must be one of {KINDS}, got {e.get('kind')!r}")
         if e.kind == "study" and not e.get("config"):
             raise ValueError(f"{path}: experiments[{i}] ({e.name}): a study experiment needs its config")
+        if e.get("beside") and (e.kind != "study" or any(not (b.get("metric") and b.get("what")) for b in e.beside)):
+            raise ValueError(f"{path}: experiments[{i}] ({e.name}): beside: is a study experiment's list of "
+                             "{metric, what}")
     return cfg
 
 
@@ -153,12 +156,26 @@ def load_summary(e, root: Path) -> dict | None:
     return json.loads(summary_file.read_text()) if summary_file.is_file() else None
 
 
+def beside_answer(summary: dict, beside) -> list[str]:
+    """Metrics the plan reports beside the primary one (E3: the trained-against captioner's own
+    reading), from the report's seed-level differences: exploratory, outside the family."""
+    split, lines = summary["preregistered"]["split"], []
+    for b in beside:
+        diffs = [d for d in summary["differences"] if d["metric"] == b.metric and d["split"] == split]
+        parts = [f"{d['config']} {_signed(d['mean'])} [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}] "
+                 f"(p {_p(d['p'])})" for d in diffs if d["mean"] is not None]
+        lines.append(f"Beside it, {b.what} (`{b.metric}`, exploratory: paired t-test over seeds): " + "; ".join(parts) + ".")
+    return lines
+
+
 def answer(e, summary: dict | None) -> list[str]:
     if e.kind == "pending":
         return [f"Not answered: {str(e.why).strip()}"]
     if summary is None:
         return ["Not answered: no results yet."]
     lines = ranks_answer(summary) if e.kind == "ranks" else study_answer(summary)
+    if e.get("beside"):
+        lines += beside_answer(summary, e.beside)
     return lines + [run_minutes(summary)[1]]
 
 

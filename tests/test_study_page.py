@@ -103,3 +103,29 @@ def test_the_page_states_each_experiments_run_time_and_their_total(tmp_path):
             "time), 12 min elapsed with `python -m recon_ft.experiments.study conf/e1.yaml --jobs 2`.") in text
     assert "- Wall time: not recorded by its run." in text  # E2's summary has none
     assert "## Wall time\n\nThe run time of E0, E1 together: 32 min (each experiment's line above says how it was counted); not recorded: E2." in text
+
+
+def test_metrics_the_plan_reports_beside_the_answer_come_from_the_reports_differences(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "e3.yaml").write_text("docs: docs/e3.md\n")
+    (tmp_path / "docs" / "e3").mkdir(parents=True)
+    diff = {"config": "txt_1", "split": "val", "metric": "t2i2t/synthetic_kind_first", "mean": -0.08,
+            "ci_low": -0.123, "ci_high": -0.037, "p": 0.01}
+    (tmp_path / "docs" / "e3" / "summary.json").write_text(json.dumps({
+        "preregistered": {"metric": "gen_kind_large", "split": "val", "baseline": "no_cycle", "primary": [],
+                          "controls": []},
+        "differences": [diff, diff | {"split": "test", "mean": 0.5}, diff | {"metric": "gen/clip_score", "mean": 1.0}]}))
+    plan = OmegaConf.create({"title": "T", "plan": "docs/plan.md", "docs": "docs/study.md", "experiments": [
+        {"name": "E3", "question": "Q3?", "kind": "study", "config": "conf/e3.yaml",
+         "beside": [{"metric": "t2i2t/synthetic_kind_first", "what": "the critic's kind reading"}]}]})
+    text = markdown(plan, tmp_path)
+    assert ("- Beside it, the critic's kind reading (`t2i2t/synthetic_kind_first`, exploratory: paired t-test over "
+            "seeds): txt_1 -0.080 [-0.123, -0.037] (p 0.010).") in text  # the primary split's only
+
+
+def test_beside_needs_a_metric_and_what_it_is(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("title: t\nplan: p.md\ndocs: s.md\nexperiments:\n  - {name: E3, question: q, kind: study, "
+                    "config: c.yaml, beside: [{metric: m}]}\n")
+    with pytest.raises(ValueError, match=r"E3.*beside: is a study experiment's list of \{metric, what\}"):
+        load_plan(path)
