@@ -3,9 +3,10 @@
 Runs the experiments of docs/study/plan.md in its order, each through its own tool (E0: the
 generator's ranking, recon_ft.experiments.generator_ranks; finetuning experiments: the study runner,
 recon_ft.experiments.study, resumable), then writes docs/study.md: per experiment its question, the
-answer in one sentence with its effect and 95% interval, the pre-registered comparisons and a link
-to the experiment's own report. --report-only runs nothing and renders every report again, on a
-fresh clone from the committed data, byte for byte.
+answer in one sentence with its effect and 95% interval, the pre-registered comparisons, the metrics
+the plan reports beside them, the wall time and a link to the experiment's own report; then the
+total wall time. --report-only runs nothing and renders every report again, on a fresh clone from
+the committed data, byte for byte.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def markdown(plan, root: Path) -> str:
     if recorded:
         missing = [name for name in minutes if name not in recorded]
         out += ["## Wall time", "",
-                f"The run time of {', '.join(recorded)} together: {sum(recorded.values()):.0f} min "
+                f"The run time of {' + '.join(recorded)}: {sum(recorded.values()):.0f} min "
                 "(each experiment's line above says how it was counted)"
                 + (f"; not recorded: {', '.join(missing)}." if missing else "."), ""]
     return "\n".join(out)

@@ -102,7 +102,7 @@ def test_the_page_states_each_experiments_run_time_and_their_total(tmp_path):
     assert ("- Wall time: 8 finetuning runs and their evaluations, 22 min of run time (the sum of each step's wall "
             "time), 12 min elapsed with `python -m recon_ft.experiments.study conf/e1.yaml --jobs 2`.") in text
     assert "- Wall time: not recorded by its run." in text  # E2's summary has none
-    assert "## Wall time\n\nThe run time of E0, E1 together: 32 min (each experiment's line above says how it was counted); not recorded: E2." in text
+    assert "## Wall time\n\nThe run time of E0 + E1: 32 min (each experiment's line above says how it was counted); not recorded: E2." in text
 
 
 def test_metrics_the_plan_reports_beside_the_answer_come_from_the_reports_differences(tmp_path):
