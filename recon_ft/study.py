@@ -137,8 +137,9 @@ def run_minutes(summary: dict) -> tuple[float | None, str]:
         return None, "Wall time: not recorded by its run."
     wall = summary["wall_seconds"]
     if not isinstance(wall, dict):  # E0: one process
-        cpu = summary.get("machine", {})
-        return wall / 60, f"Wall time: {wall / 60:.0f} min, one process ({cpu.get('cpu')}, {cpu.get('cpu_count')} CPUs)."
+        cpu = summary["machine"]
+        return wall / 60, (f"Wall time: {wall / 60:.0f} min, one process with {summary['threads']} threads "
+                           f"({cpu['cpu']}, {cpu['cpu_count']} CPUs).")
     splits = len({r["split"] for r in summary["summary"]})
     total = sum((w["train"] or 0.0) * w["n_train"] + (w["eval"] or 0.0) * max(w["n_train"], 1) * splits
                 for w in wall.values())

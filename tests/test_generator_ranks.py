@@ -56,5 +56,5 @@ def test_summary_means_chance_and_intervals(tmp_path):
 def test_the_report_states_the_runs_wall_time_where_run_json_recorded_it():
     run = {"command": "python -m recon_ft.experiments.generator_ranks --items 2", "zoo": "default-x"}
     assert "It took" not in report(run)  # an older run.json: nothing invented
-    text = report(run | {"wall_seconds": 754.0, "machine": {"cpu": "AMD EPYC", "cpu_count": 2}})
-    assert "It took 13 min on AMD EPYC (2 CPUs)." in text
+    text = report(run | {"wall_seconds": 754.0, "threads": 2, "machine": {"cpu": "AMD EPYC", "cpu_count": 2}})
+    assert "It took 13 min with 2 threads on AMD EPYC (2 CPUs)." in text

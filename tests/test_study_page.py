@@ -79,7 +79,7 @@ def test_the_page_states_each_experiments_run_time_and_their_total(tmp_path):
     (tmp_path / "docs" / "e0" / "summary.json").write_text(json.dumps({
         "test": {"kind/heldout_objects/gen_correct": [0.8, 0.7, 0.9], "kind/heldout_objects/cap_correct": [0.1, 0.0, 0.2],
                  "kind/heldout_objects/chance": 0.25},
-        "wall_seconds": 600.0, "machine": {"cpu": "AMD EPYC", "cpu_count": 2}}))
+        "wall_seconds": 600.0, "threads": 2, "machine": {"cpu": "AMD EPYC", "cpu_count": 2}}))
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "e1.yaml").write_text("docs: docs/e1.md\n")
     (tmp_path / "docs" / "e1").mkdir()
@@ -98,7 +98,7 @@ def test_the_page_states_each_experiments_run_time_and_their_total(tmp_path):
         {"name": "E1", "question": "Q1?", "kind": "study", "config": "conf/e1.yaml"},
         {"name": "E2", "question": "Q2?", "kind": "study", "config": "conf/e2.yaml"}]})
     text = markdown(plan, tmp_path)
-    assert "- Wall time: 10 min, one process (AMD EPYC, 2 CPUs)." in text
+    assert "- Wall time: 10 min, one process with 2 threads (AMD EPYC, 2 CPUs)." in text
     assert ("- Wall time: 8 finetuning runs and their evaluations, 22 min of run time (the sum of each step's wall "
             "time), 12 min elapsed with `python -m recon_ft.experiments.study conf/e1.yaml --jobs 2`.") in text
     assert "- Wall time: not recorded by its run." in text  # E2's summary has none

@@ -180,8 +180,9 @@ def report(summary: dict) -> str:
              "edit of that object's attribute, by the mean denoising loss over shared (t, noise) draws; the "
              "captioner's: its beam caption names the attribute rightly. Pre-registered in plan.md (E0); the "
              "primary row is test, held-out objects, kind."
-             + (f" It took {summary['wall_seconds'] / 60:.0f} min on {summary['machine']['cpu']} "
-                f"({summary['machine']['cpu_count']} CPUs)." if "wall_seconds" in summary else ""), ""]
+             + (f" It took {summary['wall_seconds'] / 60:.0f} min with {summary['threads']} threads on "
+                f"{summary['machine']['cpu']} ({summary['machine']['cpu_count']} CPUs)." if "wall_seconds" in summary
+                else ""), ""]
     for split in SPLITS:
         block = summary.get(split)
         if not block:
@@ -233,13 +234,16 @@ def main(argv=None) -> dict:
     if args.report_only:
         rows, run = read_rows(out / "items.csv"), json.loads((out / "run.json").read_text())
     else:
+        import torch
+
         from recon_ft.experiments.machine import machine
 
         run = {"command": f"python -m recon_ft.experiments.generator_ranks --items {args.items} --draws "
                           f"{args.draws} --seed {args.seed} --out {args.out}", "zoo": zoo_key()}
         start = time.perf_counter()
         rows = [row for split in SPLITS for row in rank_items(split, args.items, args.draws, args.seed)]
-        run |= {"wall_seconds": round(time.perf_counter() - start, 1), "machine": machine()}
+        run |= {"wall_seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
+                "machine": machine()}
         write_rows(rows, out / "items.csv")
         (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     summary = {**run, **summarize(rows)}
