@@ -31,6 +31,7 @@ from recon_ft.data.synthetic import (
     COLOURS,
     KINDS,
     MAX_OBJECTS,
+    PALETTE_DISTANCE,
     SIZES,
     Scene,
     generate,
@@ -38,7 +39,6 @@ from recon_ft.data.synthetic import (
     shape_mask,
 )
 
-_MAX_DISTANCE = 60.0  # object_runs' max_distance: a pixel this near a palette colour takes it
 # An attribute's oracle accuracy on rendered ground truth must reach this to be reported.
 VALIDATED_ACCURACY = 0.95
 ATTRIBUTES = ("count", "colour", "kind", "size", "exact", "scene_exact", "kind_large")
@@ -69,7 +69,7 @@ def coverage_threshold(colour: str) -> float:
     blends the object's colour with the background (a resized image): the blend is nearer the colour
     than the background (> 0.5) and within object_runs' max_distance of it."""
     contrast = float(np.linalg.norm(np.subtract(COLOURS[colour], BACKGROUND, dtype=np.float32)))
-    return max(0.5, 1.0 - _MAX_DISTANCE / contrast)
+    return max(0.5, 1.0 - PALETTE_DISTANCE / contrast)
 
 
 def _resized_templates(kind: str, r2: float, xs2: np.ndarray, ys2: np.ndarray, cx2: np.ndarray, cy2: np.ndarray,
@@ -152,15 +152,20 @@ def scene_match(image: np.ndarray | Image.Image, scene: Scene) -> dict[str, floa
         exact=float(same_count and [s.colour for s in seen] == [w.colour for w in wanted]),
         scene_exact=float(same_count and all(
             (s.colour, s.kind, s.size) == (w.colour, w.kind, w.size) for s, w in zip(seen, wanted))),
-        kind_large=_kind_of_large(seen, wanted, same_count),
+        kind_large=_kind_of_large(seen, wanted),
     )
 
 
-def _kind_of_large(seen: list[SeenObject], wanted, same_count: bool) -> float | None:
-    large = [k for k, w in enumerate(wanted) if w.size == "large"]
-    if not large:
-        return None
-    return sum(same_count and seen[k].kind == wanted[k].kind for k in large) / len(large)
+def kinds_read(seen: list[SeenObject], wanted) -> list[bool]:
+    """Per wanted object: its kind read at its left-to-right position, the scene's number of
+    objects found (scene_match's kind_large and kind_accuracy_by_size share this rule)."""
+    counted = len(seen) == len(wanted)
+    return [counted and seen[k].kind == w.kind for k, w in enumerate(wanted)]
+
+
+def _kind_of_large(seen: list[SeenObject], wanted) -> float | None:
+    large = [read for read, w in zip(kinds_read(seen, wanted), wanted) if w.size == "large"]
+    return sum(large) / len(large) if large else None
 
 
 def resized(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -215,9 +220,7 @@ def kind_accuracy_by_size(split: str = "val", n: int = 512, image_size: int = 32
     hits: dict[str, int] = {}
     objects: dict[str, int] = {}
     for scene, pixels in rendered_items(split, n, image_size, seed, render_size):
-        seen = read_objects(pixels)
-        counted = len(seen) == len(scene.objects)
-        for k, want in enumerate(scene.objects):
+        for read, want in zip(kinds_read(read_objects(pixels), scene.objects), scene.objects):
             objects[want.size] = objects.get(want.size, 0) + 1
-            hits[want.size] = hits.get(want.size, 0) + int(counted and seen[k].kind == want.kind)
+            hits[want.size] = hits.get(want.size, 0) + int(read)
     return {size: {"accuracy": hits[size] / objects[size], "objects": objects[size]} for size in sorted(objects)}

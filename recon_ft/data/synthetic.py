@@ -292,10 +292,11 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
 
 _PALETTE = np.array([BACKGROUND, *COLOURS.values()], dtype=np.float32)  # (7, 3), background first
 _PALETTE_NAMES = ("background", *COLOURS)
+PALETTE_DISTANCE = 60.0  # RGB distance within which a pixel takes a palette colour (object_runs)
 
 
 def object_runs(image: np.ndarray | Image.Image, min_fraction: float = 0.004,
-                max_distance: float = 60.0) -> list[tuple[str, np.ndarray]]:
+                max_distance: float = PALETTE_DISTANCE) -> list[tuple[str, np.ndarray]]:
     """The objects of an image, left to right: (colour name, boolean (H, W) mask of its pixels).
 
     Pixels within `max_distance` (RGB) of a palette colour take that colour; the others count as
@@ -322,7 +323,7 @@ def object_runs(image: np.ndarray | Image.Image, min_fraction: float = 0.004,
 
 
 def object_colours(image: np.ndarray | Image.Image, min_fraction: float = 0.004,
-                   max_distance: float = 60.0) -> list[str]:
+                   max_distance: float = PALETTE_DISTANCE) -> list[str]:
     """Colour of each object in an image, left to right (a pixel oracle for generated images), from
     `object_runs`. Exact on rendered images at 32 px and up; on generated images a tolerant check.
     """
