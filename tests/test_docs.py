@@ -12,8 +12,8 @@
   its `--flags` is one the module defines.
 
 Output paths (`outputs/...`, `multirun/...`, `~/.cache/recon_ft/...`) are not repository paths and
-are not checked, nor is a study config's `docs:` line (the report its runs will write); neither are `docs/...` names without an extension (an output folder such as
-`--docs docs/coco`). A page that walks through a made-up example (a family called `fam`) says so in
+are not checked, nor is a study config's `docs:` line (the report its runs will write); neither are
+`docs/...` names without an extension (an output folder such as `--docs docs/coco`). A page that walks through a made-up example (a family called `fam`) says so in
 an HTML comment, `<!-- docs-check: example fam -->`; paths and names with a part `fam` (`fam.yaml`,
 `tiny_fam.yaml`, `recon_ft.models.fam`) are then not checked on that page.
 """
